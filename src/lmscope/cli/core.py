@@ -1,0 +1,144 @@
+"""Core commands: models, info, run, generate."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import console, device_option, dtype_option, emit_json, json_option, load_model, model_argument
+
+
+def _vector_from_artifact(path: str, layer: int | None, model):
+    """A steering vector from a saved artifact: key `vector`, or `layers.L` for per-layer sets."""
+    from lmscope.artifacts import load_artifact
+    from lmscope.errors import InputError
+
+    tensors, side = load_artifact(path, model=model)
+    if layer is None:
+        layer = side.get("layer")
+    if f"layers.{layer}" in tensors:
+        return tensors[f"layers.{layer}"], layer
+    if "vector" in tensors:
+        if layer is None:
+            raise InputError(f"{path} does not say which layer it is for; pass --layer L.")
+        return tensors["vector"], layer
+    keys = ", ".join(sorted(tensors))
+    raise InputError(f"{path} has no vector for layer {layer} (it holds: {keys}); pass --layer with one of them.")
+
+
+def _parse_clamp(spec: str):
+    from lmscope.errors import InputError
+    from lmscope.interventions import Set
+
+    site, sep, value = spec.partition("=")
+    if not sep:
+        raise InputError(f"--clamp takes SITE=VALUE like 'layers.5.mlp.neurons[100]=8', got {spec!r}.")
+    try:
+        val = float(value)
+    except ValueError:
+        raise InputError(f"--clamp value {value!r} is not a number.") from None
+    return Set(site=site.strip(), value=val)
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @json_option
+    def models(as_json: bool) -> None:
+        """List the embedded models and the converted models in the cache."""
+        from lmscope.models import EMBEDDED, cache_dir, cached_models
+
+        cached = {c["name"]: c for c in cached_models()}
+        rows = [{"name": n, "embedded": True, "install": EMBEDDED[n][0], "cached": n in cached,
+                 "path": cached.get(n, {}).get("path")} for n in EMBEDDED]
+        rows += [{"name": n, "embedded": False, "install": None, "cached": True, "path": c["path"]}
+                 for n, c in cached.items() if n not in EMBEDDED]
+        if as_json:
+            emit_json({"cache_dir": str(cache_dir()), "models": rows})
+            return
+        from rich.table import Table
+
+        t = Table("name", "embedded", "cached", "path", title=f"models (cache: {cache_dir()})")
+        for r in rows:
+            t.add_row(r["name"], "yes" if r["embedded"] else "", "yes" if r["cached"] else "no", r["path"] or "")
+        console().print(t)
+
+    @cli.command()
+    @model_argument
+    @json_option
+    @device_option
+    def info(model: str, as_json: bool, device: str) -> None:
+        """Family, layers, widths, vocabulary and site names of MODEL."""
+        lm = load_model(model, device)
+        d = lm.info()
+        if as_json:
+            emit_json(d)
+            return
+        from rich.table import Table
+
+        t = Table("field", "value", title=lm.name)
+        for k, v in d.items():
+            t.add_row(k, "\n".join(v) if isinstance(v, list) else str(v))
+        console().print(t)
+
+    @cli.command()
+    @model_argument
+    @click.argument("prompt")
+    @click.option("--top-k", "top_k", default=10, show_default=True, type=click.IntRange(1, 1000))
+    @click.option("--chat", is_flag=True, help="Apply the model's chat template.")
+    @json_option
+    @device_option
+    @dtype_option
+    def run(model: str, prompt: str, top_k: int, chat: bool, as_json: bool, device: str, dtype: str) -> None:
+        """The next-token distribution of PROMPT."""
+        lm = load_model(model, device, dtype)
+        res = lm.run(prompt, chat=chat)
+        top = res.top_k(lm, top_k)
+        if as_json:
+            emit_json({"model": lm.name, "prompt": prompt, "n_tokens": int(res.batch.input_ids.shape[1]), "top": top})
+            return
+        from rich.table import Table
+
+        t = Table("rank", "token", "prob", "logit", title=f"{lm.name}: next token after {prompt!r}")
+        for i, r in enumerate(top, 1):
+            t.add_row(str(i), repr(r["token"]), f"{r['prob']:.4f}", f"{r['logit']:.2f}")
+        console().print(t)
+
+    @cli.command()
+    @model_argument
+    @click.argument("prompt")
+    @click.option("--chat", is_flag=True, help="Apply the model's chat template.")
+    @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
+    @click.option("--add-vector", "vector_file", type=click.Path(dir_okay=False), help="Vector artifact to add.")
+    @click.option("--layer", type=int, help="Layer whose resid_post gets the vector.")
+    @click.option("--scale", default=1.0, show_default=True, type=float, help="Coefficient of the vector.")
+    @click.option("--clamp", "clamps", multiple=True, help="SITE=VALUE, e.g. 'layers.5.mlp.neurons[100]=8'.")
+    @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--compare", is_flag=True, help="Also generate without the edits.")
+    @json_option
+    @device_option
+    @dtype_option
+    def generate(model, prompt, chat, max_new_tokens, vector_file, layer, scale, clamps, sample, seed, compare,
+                 as_json, device, dtype) -> None:
+        """Generate from PROMPT, optionally steered (--add-vector) or with clamped units (--clamp)."""
+        from lmscope.interventions import Add
+
+        lm = load_model(model, device, dtype)
+        edits = [_parse_clamp(c) for c in clamps]
+        if vector_file:
+            vec, layer = _vector_from_artifact(vector_file, layer, lm)
+            edits.append(Add(site=f"layers.{layer}.resid_post", vector=vec, scale=scale))
+        elif layer is not None:
+            raise click.UsageError("--layer goes with --add-vector FILE.")
+        kw = {"chat": chat, "max_new_tokens": max_new_tokens, "do_sample": sample, "seed": seed}
+        out = lm.generate(prompt, edits=edits, **kw)
+        base = lm.generate(prompt, **kw) if compare and edits else None
+        if as_json:
+            emit_json({"model": lm.name, "prompt": prompt, "text": out.texts[0],
+                       "edits": [str(e) for e in edits], "baseline": base.texts[0] if base else None})
+            return
+        from rich.markup import escape
+
+        c = console()
+        if base:
+            c.print("[bold]baseline:[/bold]", escape(base.texts[0]))
+        c.print("[bold]edited:[/bold]" if edits else "[bold]text:[/bold]", escape(out.texts[0]))

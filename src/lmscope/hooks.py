@@ -1,0 +1,414 @@
+"""The only module that registers torch hooks.
+
+`hooked(model, capture=..., edits=...)` is a context manager: inside it every forward of the
+wrapped HF model (a plain call, `generate` with its KV cache, a backward pass) is read and/or
+edited at the named sites; on exit, also after an exception, every hook is removed. Contexts
+nest: an outer context's edits run first, and an inner capture sees them.
+
+At one hook point, edits run first and captures record the edited value (what the model uses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from . import norms
+from . import positions as P
+from .arch import get_module
+from .errors import InputError, SiteError
+from .interventions import Edit, EditContext
+from .sites import CAPTURE_ONLY, Site
+
+if TYPE_CHECKING:
+    from .models import Model
+
+
+class StopForward(Exception):
+    """Raised by a hook after the last layer a capture needs; caught by `runner.run`."""
+
+
+@dataclass(frozen=True)
+class _Point:
+    """A hook point: module + where the tensor is + how to view it."""
+
+    module: nn.Module
+    io: str  # "in" (first positional input) or "out"
+    index: int | None = None  # element of a tuple output
+    chunk: tuple[int, int] | None = None  # (i, n): i-th of n equal chunks of the last dim
+    heads: int | None = None  # split the last dim into (heads, -1)
+
+
+def point_for(model: Model, site: Site) -> _Point:
+    """Where a site lives in the HF module tree (explicit, from the ArchSpec)."""
+    spec, hf = model.spec, model.hf
+    if site.kind == "embed":
+        return _Point(get_module(hf, spec.embed), "out")
+    if site.kind == "final_norm":
+        return _Point(get_module(hf, spec.final_norm), "out")
+    if site.kind == "logits":
+        return _Point(get_module(hf, spec.unembed), "out")
+    block = model.block(site.layer)
+    k = site.kind
+    if k == "resid_pre":
+        return _Point(block, "in")
+    if k == "resid_post":
+        return _Point(block, "out", index=0)
+    if k == "resid_mid":
+        if spec.resid_mid is None:
+            raise SiteError(
+                f"{model.name} ({spec.family}) has parallel attention and MLP: there is no resid_mid. "
+                "Use resid_pre (what both read) or resid_post."
+            )
+        return _Point(get_module(block, spec.resid_mid), "in")
+    if k in ("attn_out", "mlp_out"):
+        path, which = spec.attn_out if k == "attn_out" else spec.mlp_out
+        return _Point(get_module(block, path), "out", index=0 if which == "output0" else None)
+    if k == "attn.z":
+        return _Point(get_module(block, spec.o_proj), "in", heads=model.n_heads)
+    if k == "attn.head_out":
+        return _Point(get_module(block, spec.o_proj), "out")
+    if k == "attn.pattern":
+        return _Point(get_module(block, spec.attn), "out", index=1)
+    if k == "mlp.neurons":
+        return _Point(get_module(block, spec.down), "in")
+    if k in ("mlp.gate", "mlp.up"):
+        if spec.fused_gate_up:
+            return _Point(get_module(block, spec.up), "out", chunk=(0 if k == "mlp.gate" else 1, 2))
+        if k == "mlp.gate":
+            if spec.gate is None:
+                raise SiteError(f"{model.name} ({spec.family}) has an ungated MLP: there is no mlp.gate; use mlp.up.")
+            return _Point(get_module(block, spec.gate), "out")
+        return _Point(get_module(block, spec.up), "out")
+    raise SiteError(f"Unknown site kind {k!r}.")
+
+
+@dataclass
+class _Capture:
+    site: Site
+    positions: P.PositionSpec
+    to_cpu: bool
+    chunks: list = field(default_factory=list)
+
+
+class Cache:
+    """Captured activations by site name.
+
+    `cache["layers.3.resid_post"]` is `[batch, pos, *feat]` for positions "all" (padded
+    columns included: see `mask`), `[batch, k, *feat]` for a position list and
+    `[batch, *feat]` for a single position ("last", an int). Chunks captured during
+    generation are concatenated along positions.
+    """
+
+    def __init__(self) -> None:
+        self._caps: dict[str, _Capture] = {}
+        self.mask: Tensor | None = None  # attention mask of the first forward [batch, pos]
+
+    def _add(self, cap: _Capture) -> None:
+        if cap.site.name in self._caps:
+            raise SiteError(f"Site {cap.site} is captured twice in one context.")
+        self._caps[cap.site.name] = cap
+
+    def __getitem__(self, name: str | Site) -> Tensor:
+        key = str(name)
+        if key not in self._caps:
+            raise KeyError(f"{key!r} was not captured; captured: {', '.join(self._caps) or 'nothing'}.")
+        cap = self._caps[key]
+        if not cap.chunks:
+            raise SiteError(f"{key} was registered but no forward pass reached it.")
+        if len(cap.chunks) == 1:
+            return cap.chunks[0]
+        if cap.site.kind == "attn.pattern":
+            raise SiteError("attn.pattern chunks from cached generation cannot be concatenated; capture without generate.")
+        dim = 1 if not P.is_single(cap.positions) else None
+        if dim is None:
+            return torch.stack(cap.chunks, 1)
+        return torch.cat(cap.chunks, dim)
+
+    def __contains__(self, name) -> bool:
+        return str(name) in self._caps
+
+    def keys(self) -> list[str]:
+        return list(self._caps)
+
+    def items(self):
+        return [(k, self[k]) for k in self._caps]
+
+    def __len__(self) -> int:
+        return len(self._caps)
+
+    def __repr__(self) -> str:
+        shapes = {k: tuple(c.chunks[0].shape) if c.chunks else None for k, c in self._caps.items()}
+        return f"Cache({shapes})"
+
+
+class _State:
+    """Per-forward chunk state, refreshed by a pre-hook on the root module."""
+
+    def __init__(self) -> None:
+        self.chunk: P.ChunkState | None = None
+        self.prompt_len = 0
+
+    def update(self, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is None:
+            return
+        b, t = ids.shape[:2]
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.dim() == 2:
+            mask = mask.bool()
+            offset = mask.shape[1] - t
+        else:
+            past = kwargs.get("past_key_values")
+            offset = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+            mask = torch.ones(b, offset + t, dtype=torch.bool, device=ids.device)
+        if offset == 0:
+            self.prompt_len = t
+        pad = (mask.long().cumsum(1) == 0).sum(1)
+        self.chunk = P.ChunkState(offset, t, self.prompt_len, pad, mask[:, offset:])
+
+
+def _get(p: _Point, args, kwargs, output) -> Tensor:
+    if p.io == "in":
+        x = args[0] if args else kwargs["hidden_states"]
+    else:
+        x = output if p.index is None or isinstance(output, Tensor) else output[p.index]
+    if x is None:
+        raise SiteError("attn.pattern needs eager attention; this forward returned no attention weights.")
+    if p.chunk is not None:
+        i, n = p.chunk
+        size = x.shape[-1] // n
+        x = x[..., i * size : (i + 1) * size]
+    if p.heads is not None:
+        x = x.unflatten(-1, (p.heads, -1))
+    return x
+
+
+def _put(p: _Point, args, kwargs, output, new: Tensor):
+    if p.heads is not None:
+        new = new.flatten(-2)
+    if p.chunk is not None:
+        full = args[0] if p.io == "in" and args else (kwargs.get("hidden_states") if p.io == "in" else None)
+        if full is None:
+            full = output if p.index is None or isinstance(output, Tensor) else output[p.index]
+        i, n = p.chunk
+        size = full.shape[-1] // n
+        new = torch.cat([full[..., : i * size], new, full[..., (i + 1) * size :]], -1)
+    if p.io == "in":
+        if args:
+            return (new, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+    if p.index is None or isinstance(output, Tensor):
+        return new
+    return (*output[: p.index], new, *output[p.index + 1 :])
+
+
+def _gather(x: Tensor, idx: Tensor) -> Tensor:
+    shape = (*idx.shape, *x.shape[2:])
+    return torch.gather(x, 1, idx.reshape(*idx.shape, *[1] * (x.dim() - 2)).expand(shape))
+
+
+def _apply_edit(edit: Edit, site: Site, x: Tensor, st: P.ChunkState) -> Tensor:
+    sel = P.resolve(edit.positions, st)
+    if sel is None:
+        return x
+    idx, ok, cols = sel
+    g = _gather(x, idx)
+    sub = g[:, :, list(site.units)] if site.units is not None else g
+    new = edit.apply(sub, EditContext(cols=cols, ok=ok, dense=P.is_dense(edit.positions)))
+    if new.shape != sub.shape:
+        raise InputError(f"Edit on {site} produced shape {tuple(new.shape)}, expected {tuple(sub.shape)}.")
+    new = torch.where(ok.reshape(*ok.shape, *[1] * (new.dim() - 2)), new.to(sub.dtype), sub)
+    if site.units is not None:
+        g = g.clone()
+        g[:, :, list(site.units)] = new
+        new = g
+    out = x.clone()
+    out.scatter_(1, idx.reshape(*idx.shape, *[1] * (x.dim() - 2)).expand(new.shape), new)
+    return out
+
+
+def _head_out(model: Model, site: Site, z_in: Tensor, proj_out: Tensor) -> Tensor:
+    """Each head's write into the residual [batch, pos, head, d_model]: z_h @ W_O[h],
+    through the frozen-scale post-norm where the family has one (sums to attn_out - bias)."""
+    w_o = model.weights.W_O(site.layer)  # [head, d_head, d_model]
+    z = z_in.unflatten(-1, (model.n_heads, -1))
+    out = torch.einsum("bphe,hed->bphd", z, w_o.to(z.dtype))
+    post = model.spec.attn_post_norm
+    if post is not None:
+        scale = norms.frozen_scale(get_module(model.block(site.layer), post), proj_out, model.spec.norm_kind)
+        out = out * scale[:, :, None, :]
+    return out
+
+
+class _Engine:
+    def __init__(self, model: Model, grad: bool) -> None:
+        self.model = model
+        self.grad = grad
+        self.state = _State()
+        self.handles: list = []
+
+    def install(self, edits: Sequence[tuple[Site, Edit]], caps: Sequence[_Capture], stop_layer: int | None) -> None:
+        m = self.model
+        self.handles.append(m.hf.register_forward_pre_hook(lambda mod, a, kw: self.state.update(a, kw), with_kwargs=True))
+        groups: dict[_Point, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for site, edit in edits:
+            groups[point_for(m, site)][0].append((site, edit))
+        head_caps = []
+        for cap in caps:
+            if cap.site.kind == "attn.head_out":
+                head_caps.append(cap)
+            else:
+                groups[point_for(m, cap.site)][1].append(cap)
+        for pt, (eds, cps) in groups.items():
+            self._register(pt, eds, cps)
+        for cap in head_caps:
+            self._register_head_out(cap)
+        if stop_layer is not None:
+            def stop(mod, args, out):
+                raise StopForward
+            self.handles.append(m.block(stop_layer).register_forward_hook(stop))
+
+    def _record(self, cap: _Capture, x: Tensor) -> None:
+        st = self.state.chunk
+        if self.grad:
+            if x.requires_grad:
+                x.retain_grad()
+            cap.chunks.append(x)
+            return
+        if cap.positions == "all":
+            val = x.detach()
+        else:
+            sel = P.resolve(cap.positions, st)
+            if sel is None:
+                return
+            val = _gather(x.detach(), sel[0])
+            if P.is_dense(cap.positions):
+                raise SiteError(f"Capture {cap.site}: use positions 'all' or explicit indices, not slices.")
+            if P.is_single(cap.positions):
+                val = val[:, 0]
+        if cap.site.units is not None:  # unit axis: first feature axis (heads of a pattern: 1)
+            dim = 1 if cap.site.kind == "attn.pattern" or P.is_single(cap.positions) else 2
+            val = val.index_select(dim, torch.tensor(cap.site.units, device=val.device))
+        cap.chunks.append(val.to("cpu") if cap.to_cpu else val)
+
+    def _register(self, pt: _Point, eds, cps) -> None:
+        def run(args, kwargs, output):
+            x = _get(pt, args, kwargs, output)
+            st = self.state.chunk
+            changed = False
+            for site, edit in eds:
+                x = _apply_edit(edit, site, x, st)
+                changed = True
+            for cap in cps:
+                self._record(cap, x)
+            return _put(pt, args, kwargs, output, x) if changed else None
+
+        if pt.io == "in":
+            h = pt.module.register_forward_pre_hook(lambda mod, a, kw: run(a, kw, None), with_kwargs=True)
+        else:
+            h = pt.module.register_forward_hook(lambda mod, a, out: run(a, {}, out))
+        self.handles.append(h)
+
+    def _register_head_out(self, cap: _Capture) -> None:
+        mod = get_module(self.model.block(cap.site.layer), self.model.spec.o_proj)
+
+        def run(mod, args, out):
+            self._record(cap, _head_out(self.model, cap.site, args[0], out))
+
+        self.handles.append(mod.register_forward_hook(run))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+@contextlib.contextmanager
+def hooked(
+    model: Model,
+    capture: Sequence[str | Site] | dict = (),
+    edits: Sequence[Edit] = (),
+    *,
+    positions: P.PositionSpec = "all",
+    to_cpu: bool = False,
+    grad: bool = False,
+    stop_at_layer: int | None = None,
+) -> Iterator[Cache]:
+    """Capture and/or edit sites for every forward run inside the block.
+
+    Args:
+        model: A `lmscope.Model`.
+        capture: Site names (or a dict site -> positions) to record.
+        edits: `Edit`s to apply (see `lmscope.interventions`).
+        positions: Default positions of captures.
+        to_cpu: Move captured tensors to the CPU as they are recorded.
+        grad: Keep captured tensors in the autograd graph (`.grad` is retained).
+        stop_at_layer: Raise `StopForward` after this block (used by `runner.run`).
+
+    Yields:
+        The `Cache` that fills as forwards run.
+    """
+    cache = Cache()
+    cap_specs = capture.items() if isinstance(capture, dict) else [(c, positions) for c in capture]
+    caps = []
+    for spec, pos in cap_specs:
+        pos = P.normalize(pos)
+        for site in model.sites(spec):
+            if site.kind == "attn.pattern" and pos != "all":
+                raise SiteError("attn.pattern is captured at positions 'all' ([batch, head, q_pos, k_pos]).")
+            cap = _Capture(site, pos, to_cpu)
+            cache._add(cap)
+            caps.append(cap)
+    bound = []
+    for edit in edits:
+        for site in model.sites(edit.site):
+            if site.kind in CAPTURE_ONLY:
+                raise SiteError(f"{site.kind} can be captured but not edited; edit attn.z (per head) instead.")
+            feat = model.feature_shape(site)
+            edit.bind(feat, site, model.device, model.dtype)
+            bound.append((site, edit))
+    engine = _Engine(model, grad)
+    try:
+        engine.install(bound, caps, stop_at_layer)
+        with _eager_if(model, any(c.site.kind == "attn.pattern" for c in caps)):
+            yield cache
+    finally:
+        engine.remove()
+
+
+@contextlib.contextmanager
+def _eager_if(model: Model, needed: bool) -> Iterator[None]:
+    """Attention weights exist only with eager attention: switch for the block, then restore."""
+    if not needed or model.hf.config._attn_implementation == "eager":
+        yield
+        return
+    before = model.hf.config._attn_implementation
+    model.hf.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.hf.set_attn_implementation(before)
+
+
+def capture(model: Model, sites: Sequence[str | Site] | dict, **kw) -> contextlib.AbstractContextManager[Cache]:
+    """`with capture(model, ["layers.3.resid_post"]) as cache: model.hf(**inputs)`."""
+    return hooked(model, capture=sites, **kw)
+
+
+def intervene(model: Model, edits: Edit | Sequence[Edit], **kw) -> contextlib.AbstractContextManager[Cache]:
+    """`with intervene(model, [Add(site=..., vector=v)]): model.hf.generate(...)`."""
+    return hooked(model, edits=[edits] if isinstance(edits, Edit) else edits, **kw)
+
+
+def hook_count(module: nn.Module) -> int:
+    """Number of forward (pre-)hooks registered anywhere below `module` (for tests)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())

@@ -1,0 +1,154 @@
+"""One forward (`run`) or one generation (`generate`) with captures and edits.
+
+Speed rules: logits are computed only where asked (`logits="last"` unembeds one position,
+`logits=None` none at all), and a run that needs no logits stops right after the last block
+a capture needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+from .hooks import Cache, StopForward, hooked
+from .interventions import Edit
+from .models import Batch, Model
+from .sites import GLOBAL_KINDS
+
+
+@dataclass
+class RunResult:
+    """Logits (`[batch, d_vocab]` for "last", `[batch, pos, d_vocab]` for "all", or None),
+    the capture cache, and the tokenized batch."""
+
+    logits: Tensor | None
+    cache: Cache
+    batch: Batch
+
+    def top_k(self, model: Model, k: int = 10, row: int = 0) -> list[dict]:
+        """The next-token distribution's top k of one row: token, id, probability, logit."""
+        if self.logits is None or self.logits.dim() != 2:
+            raise InputError("top_k needs a run with logits='last'.")
+        logits = self.logits[row].float()
+        probs = logits.softmax(-1)
+        p, i = probs.topk(min(k, probs.shape[-1]))
+        return [
+            {"token": model.tokenizer.decode([int(t)]), "id": int(t), "prob": float(q), "logit": float(logits[t])}
+            for q, t in zip(p, i, strict=True)
+        ]
+
+
+def _as_batch(model: Model, prompts, chat: bool) -> Batch:
+    return prompts if isinstance(prompts, Batch) else model.tokenize(prompts, chat=chat)
+
+
+def _grad_mode(grad: bool):
+    return contextlib.nullcontext() if grad else torch.inference_mode()
+
+
+def run(
+    model: Model,
+    prompts: str | Sequence[str] | Batch,
+    *,
+    capture: Sequence[str] | dict = (),
+    edits: Sequence[Edit] = (),
+    positions="all",
+    logits: Literal["last", "all"] | None = "last",
+    chat: bool = False,
+    to_cpu: bool = False,
+    grad: bool = False,
+) -> RunResult:
+    """Run prompts once, capturing and editing sites.
+
+    Args:
+        model: The wrapped model.
+        prompts: One prompt, a list (left-padded into one batch), or a `Batch`.
+        capture: Sites to record (see `lmscope.sites`), or a dict site -> positions.
+        edits: Interventions to apply during the forward.
+        positions: Default positions for captures ("all", "last", ints...).
+        logits: "last" (next-token logits only), "all" positions, or None (no unembedding;
+            the forward stops after the last captured block).
+        chat: Apply the chat template.
+        to_cpu: Move captures to the CPU.
+        grad: Run with autograd; captures stay in the graph with `.grad` retained.
+    """
+    batch = _as_batch(model, prompts, chat)
+    if logits not in ("last", "all", None):
+        raise InputError(f"logits must be 'last', 'all' or None, got {logits!r}.")
+    cap_names = list(capture.keys()) if isinstance(capture, dict) else list(capture)
+    resolved = [s for c in cap_names for s in model.sites(c)]
+    stop = None
+    if logits is None and resolved and not any(s.kind in GLOBAL_KINDS and s.kind != "embed" for s in resolved):
+        stop = max((s.layer for s in resolved if s.layer is not None), default=0)
+    keep = 0 if logits == "all" else 1
+    out_logits = None
+    with _grad_mode(grad), hooked(model, capture, edits, positions=positions, to_cpu=to_cpu, grad=grad,
+                                  stop_at_layer=stop) as cache:
+        cache.mask = batch.attention_mask
+        try:
+            out = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False)
+            if logits is not None:
+                out_logits = out.logits[:, -1] if logits == "last" else out.logits
+        except StopForward:
+            pass
+    return RunResult(out_logits, cache, batch)
+
+
+@dataclass
+class GenerateResult:
+    texts: list[str]  # new text only
+    tokens: Tensor  # [batch, new] generated ids (pad after EOS)
+    sequences: Tensor  # [batch, prompt + new]
+    batch: Batch
+    cache: Cache
+
+
+def generate(
+    model: Model,
+    prompts: str | Sequence[str] | Batch,
+    *,
+    edits: Sequence[Edit] = (),
+    capture: Sequence[str] | dict = (),
+    max_new_tokens: int = 32,
+    chat: bool = False,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    seed: int | None = None,
+    min_new_tokens: int | None = None,
+) -> GenerateResult:
+    """Generate with the KV cache while edits apply (positions "all" covers the prompt and
+    every new token; "generated" only new tokens; explicit indices only the prompt).
+
+    Greedy by default; `do_sample=True` samples with `seed` for reproducibility.
+    """
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    batch = _as_batch(model, prompts, chat)
+    if model.n_ctx and batch.input_ids.shape[1] + max_new_tokens > model.n_ctx:
+        raise InputError(f"Prompt + {max_new_tokens} new tokens exceed the context of {model.name} ({model.n_ctx}).")
+    gen_kw = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+              "pad_token_id": model.tokenizer.pad_token_id}
+    if min_new_tokens:
+        gen_kw["min_new_tokens"] = min_new_tokens
+    if do_sample:
+        gen_kw["temperature"] = temperature
+        if top_p is not None:
+            gen_kw["top_p"] = top_p
+        if seed is not None:
+            torch.manual_seed(seed)
+    else:
+        gen_kw.update(temperature=None, top_p=None, top_k=None)
+    with torch.inference_mode(), hooked(model, capture, edits) as cache:
+        cache.mask = batch.attention_mask
+        seq = model.hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **gen_kw)
+    new = seq[:, batch.input_ids.shape[1]:]
+    texts = model.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return GenerateResult(texts, new, seq, batch, cache)
