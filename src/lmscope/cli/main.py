@@ -9,7 +9,7 @@ import sys
 import click
 
 # Each module defines register(group). Adding a technique = adding a module name here.
-COMMAND_MODULES = ("core", "lens", "neurons", "vectors", "studio")
+COMMAND_MODULES = ("core", "lens", "inspect", "neurons", "atlas", "vectors", "fv", "studio")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
