@@ -5,7 +5,8 @@ wrapped HF model (a plain call, `generate` with its KV cache, a backward pass) i
 edited at the named sites; on exit, also after an exception, every hook is removed. Contexts
 nest: an outer context's edits run first, and an inner capture sees them.
 
-At one hook point, edits run first and captures record the edited value (what the model uses).
+At one hook point, the edits of all open contexts run first (outer context first), then every
+capture records the edited value (what the model really uses).
 """
 
 from __future__ import annotations
@@ -249,33 +250,86 @@ def _head_out(model: Model, site: Site, z_in: Tensor, proj_out: Tensor) -> Tenso
     return out
 
 
+class _Dispatcher:
+    """The one torch hook of a (module, input/output) pair. It runs the edits of every active
+    context in the order the contexts were entered, then every capture, then early stops, so
+    a capture sees all edits whatever the nesting (`with capture(): generate(edits=...)`)."""
+
+    def __init__(self, module: nn.Module, io: str) -> None:
+        self.entries: list[tuple[object, int, object]] = []  # (owner, phase, fn)
+        if io == "in":
+            self.handle = module.register_forward_pre_hook(self._pre, with_kwargs=True)
+        else:
+            self.handle = module.register_forward_hook(self._post, with_kwargs=True)
+
+    def _run(self, args, kwargs, output):
+        changed = False
+        for _, phase, fn in sorted(self.entries, key=lambda e: e[1]):  # stable: entry order kept
+            if phase == 0:
+                args, kwargs, output = fn(args, kwargs, output)
+                changed = True
+            else:
+                fn(args, kwargs, output)
+        return changed, args, kwargs, output
+
+    def _pre(self, mod, args, kwargs):
+        changed, args, kwargs, _ = self._run(args, kwargs, None)
+        return (args, kwargs) if changed else None
+
+    def _post(self, mod, args, kwargs, output):
+        changed, _, _, output = self._run(args, kwargs, output)
+        return output if changed else None
+
+
+_DISPATCHERS: dict[tuple[int, str], _Dispatcher] = {}
+_ACTIVE: dict[int, int] = defaultdict(int)  # id(hf model) -> number of open contexts
+
+EDIT, CAPTURE, STOP = 0, 1, 2
+
+
 class _Engine:
     def __init__(self, model: Model, grad: bool) -> None:
         self.model = model
         self.grad = grad
         self.state = _State()
         self.handles: list = []
+        self.keys: list[tuple[int, str]] = []
+
+    def _add(self, module: nn.Module, io: str, phase: int, fn) -> None:
+        key = (id(module), io)
+        if key not in _DISPATCHERS:
+            _DISPATCHERS[key] = _Dispatcher(module, io)
+        _DISPATCHERS[key].entries.append((self, phase, fn))
+        self.keys.append(key)
 
     def install(self, edits: Sequence[tuple[Site, Edit]], caps: Sequence[_Capture], stop_layer: int | None) -> None:
         m = self.model
         self.handles.append(m.hf.register_forward_pre_hook(lambda mod, a, kw: self.state.update(a, kw), with_kwargs=True))
-        groups: dict[_Point, tuple[list, list]] = defaultdict(lambda: ([], []))
         for site, edit in edits:
-            groups[point_for(m, site)][0].append((site, edit))
-        head_caps = []
+            pt = point_for(m, site)
+            self._add(pt.module, pt.io, EDIT, self._edit_fn(pt, site, edit))
         for cap in caps:
             if cap.site.kind == "attn.head_out":
-                head_caps.append(cap)
+                mod = get_module(m.block(cap.site.layer), m.spec.o_proj)
+                self._add(mod, "out", CAPTURE, lambda a, kw, out, cap=cap: self._record(
+                    cap, _head_out(m, cap.site, a[0] if a else kw["hidden_states"], out)))
             else:
-                groups[point_for(m, cap.site)][1].append(cap)
-        for pt, (eds, cps) in groups.items():
-            self._register(pt, eds, cps)
-        for cap in head_caps:
-            self._register_head_out(cap)
+                pt = point_for(m, cap.site)
+                self._add(pt.module, pt.io, CAPTURE, lambda a, kw, out, pt=pt, cap=cap: self._record(
+                    cap, _get(pt, a, kw, out)))
         if stop_layer is not None:
-            def stop(mod, args, out):
+            def stop(a, kw, out):
                 raise StopForward
-            self.handles.append(m.block(stop_layer).register_forward_hook(stop))
+            self._add(m.block(stop_layer), "out", STOP, stop)
+
+    def _edit_fn(self, pt: _Point, site: Site, edit: Edit):
+        def fn(args, kwargs, output):
+            x = _apply_edit(edit, site, _get(pt, args, kwargs, output), self.state.chunk)
+            res = _put(pt, args, kwargs, output, x)
+            if pt.io == "in":
+                return res[0], res[1], output
+            return args, kwargs, res
+        return fn
 
     def _record(self, cap: _Capture, x: Tensor) -> None:
         st = self.state.chunk
@@ -287,12 +341,12 @@ class _Engine:
         if cap.positions == "all":
             val = x.detach()
         else:
+            if P.is_dense(cap.positions):
+                raise SiteError(f"Capture {cap.site}: use positions 'all' or explicit indices, not slices.")
             sel = P.resolve(cap.positions, st)
             if sel is None:
                 return
             val = _gather(x.detach(), sel[0])
-            if P.is_dense(cap.positions):
-                raise SiteError(f"Capture {cap.site}: use positions 'all' or explicit indices, not slices.")
             if P.is_single(cap.positions):
                 val = val[:, 0]
         if cap.site.units is not None:  # unit axis: first feature axis (heads of a pattern: 1)
@@ -300,36 +354,24 @@ class _Engine:
             val = val.index_select(dim, torch.tensor(cap.site.units, device=val.device))
         cap.chunks.append(val.to("cpu") if cap.to_cpu else val)
 
-    def _register(self, pt: _Point, eds, cps) -> None:
-        def run(args, kwargs, output):
-            x = _get(pt, args, kwargs, output)
-            st = self.state.chunk
-            changed = False
-            for site, edit in eds:
-                x = _apply_edit(edit, site, x, st)
-                changed = True
-            for cap in cps:
-                self._record(cap, x)
-            return _put(pt, args, kwargs, output, x) if changed else None
-
-        if pt.io == "in":
-            h = pt.module.register_forward_pre_hook(lambda mod, a, kw: run(a, kw, None), with_kwargs=True)
-        else:
-            h = pt.module.register_forward_hook(lambda mod, a, out: run(a, {}, out))
-        self.handles.append(h)
-
-    def _register_head_out(self, cap: _Capture) -> None:
-        mod = get_module(self.model.block(cap.site.layer), self.model.spec.o_proj)
-
-        def run(mod, args, out):
-            self._record(cap, _head_out(self.model, cap.site, args[0], out))
-
-        self.handles.append(mod.register_forward_hook(run))
-
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        for key in set(self.keys):
+            disp = _DISPATCHERS.get(key)
+            if disp is None:
+                continue
+            disp.entries = [e for e in disp.entries if e[0] is not self]
+            if not disp.entries:
+                disp.handle.remove()
+                del _DISPATCHERS[key]
+        self.keys.clear()
+
+
+def others_active(model: Model) -> bool:
+    """Whether another lmscope context is open on this model (then a run must not stop early)."""
+    return _ACTIVE[id(model.hf)] > 0
 
 
 @contextlib.contextmanager
@@ -377,12 +419,14 @@ def hooked(
             edit.bind(feat, site, model.device, model.dtype)
             bound.append((site, edit))
     engine = _Engine(model, grad)
+    _ACTIVE[id(model.hf)] += 1
     try:
         engine.install(bound, caps, stop_at_layer)
         with _eager_if(model, any(c.site.kind == "attn.pattern" for c in caps)):
             yield cache
     finally:
         engine.remove()
+        _ACTIVE[id(model.hf)] -= 1
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
-from .hooks import Cache, StopForward, hooked
+from .hooks import Cache, StopForward, hooked, others_active
 from .interventions import Edit
 from .models import Batch, Model
 from .sites import GLOBAL_KINDS
@@ -49,7 +49,8 @@ def _as_batch(model: Model, prompts, chat: bool) -> Batch:
 
 
 def _grad_mode(grad: bool):
-    return contextlib.nullcontext() if grad else torch.inference_mode()
+    # no_grad, not inference_mode: captured tensors must mix freely with weights afterwards
+    return contextlib.nullcontext() if grad else torch.no_grad()
 
 
 def run(
@@ -84,7 +85,7 @@ def run(
     cap_names = list(capture.keys()) if isinstance(capture, dict) else list(capture)
     resolved = [s for c in cap_names for s in model.sites(c)]
     stop = None
-    if logits is None and resolved and not any(s.kind in GLOBAL_KINDS and s.kind != "embed" for s in resolved):
+    if logits is None and resolved and not others_active(model) and not any(s.kind in GLOBAL_KINDS and s.kind != "embed" for s in resolved):
         stop = max((s.layer for s in resolved if s.layer is not None), default=0)
     keep = 0 if logits == "all" else 1
     out_logits = None
@@ -146,7 +147,7 @@ def generate(
             torch.manual_seed(seed)
     else:
         gen_kw.update(temperature=None, top_p=None, top_k=None)
-    with torch.inference_mode(), hooked(model, capture, edits) as cache:
+    with torch.no_grad(), hooked(model, capture, edits) as cache:
         cache.mask = batch.attention_mask
         seq = model.hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **gen_kw)
     new = seq[:, batch.input_ids.shape[1]:]
