@@ -179,10 +179,9 @@ def test_cached_generation_steering_equals_recomputation(tiny):
     batch = ls.Batch(full, mask, PROMPTS)
     re = tiny.run(batch, edits=[edit], logits="all").logits
     P = gen.batch.input_ids.shape[1]
+    re[..., tiny.tokenizer.eos_token_id] = -torch.inf  # min_new_tokens forbade EOS during generation
     pred = re[:, P - 1 : -1].argmax(-1)
     assert torch.equal(pred, gen.tokens)
-    plain = tiny.generate(PROMPTS, max_new_tokens=6, min_new_tokens=6)
-    assert not torch.equal(plain.tokens, gen.tokens) or True  # steering may or may not flip argmax on tiny models
 
 
 def test_generated_positions_only_touch_new_tokens(tiny):

@@ -192,7 +192,7 @@ def load(
         hf = AutoModelForCausalLM.from_pretrained(
             source, dtype=_DTYPES[dtype], device_map=device_map, **kw
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " HF_HUB_OFFLINE=1 is set, so only models already in the HF cache load." if offline else ""
         known = ", ".join(EMBEDDED)
