@@ -40,6 +40,8 @@ def _parse_clamp(spec: str):
 
 
 def register(cli: click.Group) -> None:
+    register_tour(cli)
+
     @cli.command()
     @json_option
     def models(as_json: bool) -> None:
@@ -142,3 +144,42 @@ def register(cli: click.Group) -> None:
         if base:
             c.print("[bold]baseline:[/bold]", escape(base.texts[0]))
         c.print("[bold]edited:[/bold]" if edits else "[bold]text:[/bold]", escape(out.texts[0]))
+
+
+def register_tour(cli: click.Group) -> None:
+    @cli.command()
+    @model_argument
+    @click.option("--out", "out_dir", default="lmscope-tour", show_default=True, type=click.Path(file_okay=False),
+                  help="Folder for the figures and files the tour writes.")
+    @click.option("--only", multiple=True, help="Run only these steps (repeatable).")
+    @json_option
+    @device_option
+    def tour(model: str, out_dir: str, only: tuple[str, ...], as_json: bool, device: str) -> None:
+        """A guided tour of lmscope on MODEL (default gemma-3-270m): the main job."""
+        import time
+        from pathlib import Path
+
+        from rich.markup import escape
+        from rich.table import Table
+
+        from lmscope.tour import TourContext, run_tour
+
+        c = console()
+        say = (lambda s: None) if as_json else (lambda s: c.print(escape(s)))
+
+        def table(title, cols, rows):
+            if as_json:
+                return
+            t = Table(*cols, title=title)
+            for r in rows:
+                t.add_row(*r)
+            c.print(t)
+
+        t0 = time.perf_counter()
+        lm = load_model(model, device)
+        say(f"Loaded {lm!r} in {time.perf_counter() - t0:.1f} s")
+        res = run_tour(lm, TourContext(Path(out_dir), say=say, table=table), list(only) or None)
+        if as_json:
+            emit_json({"model": lm.name, "out_dir": out_dir, "steps": res})
+        else:
+            say(f"\nFigures and files are in {out_dir}/")
