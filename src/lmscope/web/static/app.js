@@ -1,0 +1,330 @@
+// lmscope studio: plain JS, no build step, no network access beyond this server.
+// Every panel calls one JSON endpoint (see docs/studio.md) and renders the answer.
+"use strict";
+
+// ---- small helpers ---------------------------------------------------------------------------
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "style") e.style.cssText = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+// Token text with invisible characters made visible: newline, tab, and a token made only of
+// spaces (shown as open boxes). Other spaces stay as they are inside a highlighted chip, so
+// " Warsaw" and "Warsaw" look different; the exact text is in the tooltip.
+const visible = (t) => {
+  if (t === "") return "\u2205";
+  const v = t.replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/\r/g, "\u240d");
+  return v.trim() === "" ? v.replace(/[ \u00a0]/g, "\u2423") : v;
+};
+const tok = (t) => el("span", { class: "tok", title: JSON.stringify(t) }, visible(t));
+const pct = (p) => (p >= 0.9995 ? "100%" : p >= 0.001 ? (100 * p).toFixed(1) + "%" : p.toExponential(1));
+
+function bar(frac, neg) {
+  const w = Math.max(0, Math.min(1, frac)) * 100;
+  return el("div", { class: "bar" + (neg ? " neg" : "") }, el("span", { style: `width:${w.toFixed(1)}%` }));
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: {} };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, opts);
+  let data = null;
+  try { data = await r.json(); } catch (e) { /* not JSON */ }
+  if (!r.ok) {
+    let msg = (data && data.error) || `HTTP ${r.status}`;
+    if (data && Array.isArray(data.detail)) {  // FastAPI validation error (422)
+      msg = data.detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("\n");
+    }
+    throw new Error(msg);
+  }
+  return data;
+}
+
+// Run `fn` with the form's submit button disabled and a timer in the status line.
+async function busy(form, statusId, outId, fn) {
+  const btn = form.querySelector("button[type=submit]");
+  const status = $(statusId);
+  const t0 = performance.now();
+  btn.disabled = true;
+  status.textContent = "working\u2026";
+  try {
+    await fn();
+    status.textContent = `${((performance.now() - t0) / 1000).toFixed(2)} s`;
+  } catch (e) {
+    status.textContent = "";
+    $(outId).replaceChildren(el("div", { class: "error" }, e.message));
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- tabs and model info ---------------------------------------------------------------------
+function showTab(name) {
+  document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
+  document.querySelectorAll(".panel").forEach((p) => p.classList.toggle("active", p.id === "tab-" + name));
+  history.replaceState(null, "", "#" + name);
+}
+document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
+if (location.hash && $("tab-" + location.hash.slice(1))) showTab(location.hash.slice(1));
+
+let INFO = null;
+async function loadInfo() {
+  try {
+    INFO = await api("GET", "/api/info");
+  } catch (e) {
+    $("model-info").textContent = "model info unavailable: " + e.message;
+    return;
+  }
+  const i = INFO;
+  const parts = [
+    el("b", {}, i.name), ` \u00b7 ${i.family} \u00b7 ${i.n_layers} layers \u00b7 d_model ${i.d_model} \u00b7 ` +
+    `${i.n_heads}\u00d7${i.d_head} heads \u00b7 d_mlp ${i.d_mlp} \u00b7 vocab ${i.d_vocab.toLocaleString()} \u00b7 ` +
+    `${i.dtype} on ${i.device}`,
+  ];
+  $("model-info").replaceChildren(...parts);
+  document.title = `lmscope studio \u00b7 ${i.name}`;
+  if (!i.chat_template) {
+    document.querySelectorAll(".chat-box").forEach((c) => { c.disabled = true; c.parentElement.title = "no chat template"; });
+  }
+  $("neuron-layer").max = i.n_layers - 1;
+  $("neuron-layer").min = -i.n_layers;
+  $("neuron-n").max = i.d_mlp - 1;
+  if (!i.studio.atlas_available) {
+    $("search-status").textContent = `No atlas at ${i.studio.atlas_path}; build it once with ` +
+      `\`lmscope atlas build ${i.name}\` (decoding a neuron below works without it).`;
+  }
+}
+
+// ---- Next token ------------------------------------------------------------------------------
+$("run-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy(ev.target, "run-status", "run-out", async () => {
+    const d = await api("POST", "/api/run", {
+      prompt: $("run-prompt").value, top_k: +$("run-k").value, chat: $("run-chat").checked,
+    });
+    const max = d.top.length ? d.top[0].prob : 1;
+    const rows = d.top.map((r, i) =>
+      el("tr", {}, el("td", { class: "num" }, i + 1), el("td", {}, tok(r.token)),
+        el("td", { style: "width:40%" }, bar(r.prob / max)), el("td", { class: "num" }, pct(r.prob)),
+        el("td", { class: "num" }, r.logit.toFixed(2)), el("td", { class: "num dim" }, r.id)));
+    $("run-out").replaceChildren(el("div", { class: "card" },
+      el("h3", {}, `Input: ${d.n_tokens} tokens`), el("div", { class: "tokens" }, d.tokens.map(tok)),
+      el("table", {}, el("thead", {}, el("tr", {}, ["#", "next token", "", "prob", "logit", "id"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, rows))));
+  });
+});
+
+// ---- Generate with edits -----------------------------------------------------------------------
+function addEditRow(spec) {
+  spec = spec || { type: "add", site: "layers.6.resid_post", value: "", vector_file: "", scale: 4 };
+  const type = el("select", {}, ["add", "clamp", "zero"].map((t) => el("option", { value: t }, t)));
+  type.value = spec.type;
+  const inp = (v, cls, ph) => el("input", { type: "text", class: cls || "", value: v ?? "", placeholder: ph || "" });
+  const site = inp(spec.site, "", "layers.L.resid_post");
+  const value = inp(spec.value, "", "number");
+  const file = inp(spec.vector_file, "", "path/to/vector.safetensors (add)");
+  const scale = inp(spec.scale ?? 1, "", "1.0");
+  value.style.width = "6rem";
+  scale.style.width = "5rem";
+  const row = el("tr", {}, el("td", {}, type), el("td", {}, site), el("td", {}, value), el("td", {}, file),
+    el("td", {}, scale), el("td", {}, el("button", { type: "button", title: "remove", onclick: () => row.remove() }, "\u00d7")));
+  const sync = () => {  // grey out the fields a type ignores
+    file.disabled = scale.disabled = type.value !== "add";
+    value.disabled = type.value === "zero";
+  };
+  type.addEventListener("change", sync);
+  sync();
+  row.read = () => {
+    const e = { type: type.value, site: site.value.trim() };
+    if (!value.disabled && value.value.trim() !== "") e.value = Number(value.value);
+    if (!file.disabled && file.value.trim() !== "") e.vector_file = file.value.trim();
+    if (!scale.disabled && scale.value.trim() !== "") e.scale = Number(scale.value);
+    return e;
+  };
+  $("edit-rows").append(row);
+}
+$("add-edit").addEventListener("click", () => addEditRow());
+
+function diffView(base, edited) {
+  let i = 0;
+  while (i < base.length && i < edited.length && base[i] === edited[i]) i++;
+  const same = i === base.length && i === edited.length;
+  const render = (s) => [s.slice(0, i), i < s.length ? el("mark", {}, s.slice(i)) : null];
+  return { same, base: render(base), edited: render(edited) };
+}
+
+$("gen-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy(ev.target, "gen-status", "gen-out", async () => {
+    const edits = [...$("edit-rows").children].map((r) => r.read());
+    const d = await api("POST", "/api/generate", {
+      prompt: $("gen-prompt").value, max_new_tokens: +$("gen-n").value, chat: $("gen-chat").checked, edits,
+    });
+    const v = diffView(d.baseline, d.edited);
+    const desc = d.edits.length ? d.edits.map((e) => `${e.type} ${e.site}` +
+      (e.value !== undefined ? ` = ${e.value}` : "") + (e.vector_file ? ` + ${e.scale} \u00d7 ${e.vector_file}` : "") +
+      (e.type === "add" && !e.vector_file ? ` (\u00d7 ${e.scale})` : "")).join("; ") : "no edits";
+    const col = (title, parts) => el("div", { class: "card" }, el("h3", {}, title),
+      el("div", { class: "text" }, el("span", { class: "prompt" }, d.chat ? "" : d.prompt), parts));
+    $("gen-out").replaceChildren(
+      el("p", { class: "hint" }, `Edits: ${desc}. ` + (d.edits.length ? (v.same ? "The text did not change." :
+        "Highlighted: where the texts part.") : "")),
+      el("div", { class: "side" }, col("Baseline", v.base), col("Edited", v.edited)));
+  });
+});
+
+// ---- Logit lens -------------------------------------------------------------------------------
+const heat = (p) => {  // white -> accent blue
+  const c = [43, 89, 195], a = Math.sqrt(Math.max(0, Math.min(1, p)));
+  return `rgb(${c.map((x) => Math.round(255 + (x - 255) * a)).join(",")})`;
+};
+const COLORS = ["#2b59c3", "#c0504d", "#1b7f46", "#8e44ad", "#d68910", "#17a2b8", "#6b7385", "#e83e8c"];
+
+function targetChart(d) {
+  const W = 560, H = 220, L = 46, R = 12, T = 12, B = 32;
+  const n = d.layers.length;
+  const x = (i) => L + (n === 1 ? 0 : (i * (W - L - R)) / (n - 1));
+  // y axis up to the smallest "nice" value above the largest probability, so small ones show
+  const top = Math.max(...d.targets.flatMap((tg) => tg.prob), 0.005);
+  const ymax = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1].find((v) => v >= top) || 1;
+  const y = (p) => T + (1 - p / ymax) * (H - T - B);
+  const s = svg("svg", { class: "chart", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+  for (const f of [0, 0.25, 0.5, 0.75, 1]) {
+    const p = f * ymax;
+    s.append(svg("line", { x1: L, x2: W - R, y1: y(p), y2: y(p), stroke: "#e1e4ea" }));
+    const t = svg("text", { x: L - 6, y: y(p) + 4, "text-anchor": "end" });
+    t.textContent = ymax < 0.1 ? p.toFixed(3) : p.toFixed(2); s.append(t);
+  }
+  const step = Math.max(1, Math.ceil(n / 12));
+  d.layers.forEach((layer, i) => {
+    if (i % step && i !== n - 1) return;
+    const t = svg("text", { x: x(i), y: H - B + 16, "text-anchor": "middle" }); t.textContent = layer; s.append(t);
+  });
+  const lab = svg("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" });
+  lab.textContent = "layer (resid_post) \u2192 probability at the last position"; s.append(lab);
+  d.targets.forEach((tg, j) => {
+    const pts = tg.prob.map((p, i) => `${x(i).toFixed(1)},${y(p).toFixed(1)}`).join(" ");
+    s.append(svg("polyline", { points: pts, fill: "none", stroke: COLORS[j % COLORS.length], "stroke-width": 2 }));
+  });
+  return s;
+}
+
+function lensTable(d) {
+  const byCell = new Map(d.cells.map((c) => [`${c.layer}:${c.pos}`, c]));
+  const head = el("tr", {}, el("th", {}, ""), d.tokens.map((t, i) => el("th", { title: `position ${i}` }, tok(t))));
+  const last = d.layers[d.layers.length - 1];
+  const rows = [...d.layers].reverse().map((layer) => el("tr", { class: layer === last ? "final" : "" },
+    el("th", { class: "layer" }, layer),
+    d.tokens.map((_, pos) => {
+      const c = byCell.get(`${layer}:${pos}`);
+      const [t, p] = c.top[0];
+      const tip = c.top.map(([tt, pp]) => `${JSON.stringify(tt)}  ${pct(pp)}`).join("\n") + `\nKL to output ${c.kl.toFixed(3)} nats`;
+      return el("td", { style: `background:${heat(p)};color:${p > 0.45 ? "#fff" : "#1d2330"}`, title: tip }, visible(t));
+    })));
+  return el("table", { class: "lens" }, el("thead", {}, head), el("tbody", {}, rows));
+}
+
+$("lens-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy(ev.target, "lens-status", "lens-out", async () => {
+    const targets = $("lens-targets").value.split("\n").filter((t) => t.trim() !== "");
+    const d = await api("POST", "/api/logit_lens", {
+      prompt: $("lens-prompt").value, targets, top_k: +$("lens-k").value, chat: $("lens-chat").checked,
+    });
+    const out = [el("div", { class: "card" },
+      el("h3", {}, `Top token at every layer \u00d7 position (${d.lens} lens)`),
+      el("div", { class: "legend" }, "probability 0", el("span", { class: "ramp" }), "1",
+        el("span", {}, "\u00b7 top row is the model's output; hover a cell for its top tokens")),
+      el("div", { class: "lens-wrap" }, lensTable(d)))];
+    if (d.targets.length) {
+      const rows = d.targets.map((tg, j) => el("tr", {},
+        el("td", {}, el("span", { style: `color:${COLORS[j % COLORS.length]}` }, "\u25a0 "), tok(tg.token)),
+        el("td", { class: "num" }, pct(tg.prob[tg.prob.length - 1])),
+        el("td", { class: "num" }, tg.rank[tg.rank.length - 1]),
+        el("td", { class: "num" }, tg.entry_layer ?? "\u2013"), el("td", { class: "num" }, tg.settle_layer ?? "\u2013")));
+      out.push(el("div", { class: "card" }, el("h3", {}, "Targets at the last position"),
+        el("div", { class: "two" }, targetChart(d),
+          el("table", {}, el("thead", {}, el("tr", {}, ["target", "final prob", "final rank", `enters top ${d.top_k}`,
+            "settles"].map((h) => el("th", {}, h)))), el("tbody", {}, rows)))));
+    }
+    $("lens-out").replaceChildren(...out);
+  });
+});
+
+// ---- Neurons ----------------------------------------------------------------------------------
+function neuronView(d) {
+  const kinds = [["in_gate", "reads (gate row)"], ["in_up", "reads (up row)"], ["out", "writes (promotes)"],
+    ["out_bottom", "writes (suppresses)"]];
+  const cols = kinds.filter(([k]) => d[k]).map(([k, title]) => {
+    const max = Math.max(...d[k].map((r) => Math.abs(r.score)), 1e-9);
+    return el("div", {}, el("h4", {}, title, " ", el("span", { class: "dim" }, k)),
+      el("table", {}, el("tbody", {}, d[k].map((r) => el("tr", {}, el("td", {}, tok(r.token)),
+        el("td", { style: "width:45%" }, bar(Math.abs(r.score) / max, r.score < 0)),
+        el("td", { class: "num" }, r.score.toFixed(2)))))));
+  });
+  const site = `layers.${d.layer}.mlp.neurons[${d.neuron}]`;
+  const clamp = el("button", { type: "button", onclick: () => {
+    addEditRow({ type: "clamp", site, value: 8 });
+    showTab("generate");
+  } }, "Clamp it in Generate \u2192");
+  return el("div", { class: "card" }, el("div", { class: "row", style: "margin:0 0 .6rem;align-items:center" },
+    el("h3", { style: "margin:0" }, `Neuron ${d.layer}.${d.neuron}`), el("code", {}, site), clamp),
+    el("div", { class: "kinds" }, cols));
+}
+
+async function decodeNeuron(layer, n) {
+  $("neuron-layer").value = layer;
+  $("neuron-n").value = n;
+  const d = await api("GET", `/api/neuron/${layer}/${n}?k=12`);
+  $("neuron-out").replaceChildren(neuronView(d));
+  $("neuron-out").scrollIntoView({ block: "nearest" });
+}
+
+$("neuron-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy(ev.target, "neuron-status", "neuron-out", () => decodeNeuron(+$("neuron-layer").value, +$("neuron-n").value));
+});
+
+$("search-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy(ev.target, "search-status", "search-out", async () => {
+    const q = encodeURIComponent($("search-q").value), kind = $("search-kind").value;
+    const d = await api("GET", `/api/atlas/search?q=${q}&kind=${kind}&limit=25`);
+    if (!d.results.length) {
+      $("search-out").replaceChildren(el("p", { class: "hint" }, `No neuron has ${JSON.stringify(d.query)} among its top tokens.`));
+      return;
+    }
+    const rows = d.results.map((h) => el("tr", { class: "click", title: "decode this neuron", onclick: () =>
+      decodeNeuron(h.layer, h.neuron).catch((e) => $("neuron-out").replaceChildren(el("div", { class: "error" }, e.message))) },
+      el("td", { class: "num" }, `${h.layer}.${h.neuron}`), el("td", {}, h.kind), el("td", { class: "num" }, h.rank + 1),
+      el("td", {}, tok(h.token)), el("td", { class: "num" }, h.score.toFixed(2)), el("td", { class: "num" }, h.n_match),
+      el("td", {}, h.top.slice(0, 8).map((t) => [tok(t), " "]))));
+    $("search-out").replaceChildren(el("div", { class: "card" },
+      el("h3", {}, `${d.results.length} neurons for ${JSON.stringify(d.query)}`, " ",
+        el("span", { class: "dim" }, "(click one to decode it)")),
+      el("table", {}, el("thead", {}, el("tr", {}, ["neuron", "kind", "rank", "token", "score", "matches", "top tokens"]
+        .map((x) => el("th", {}, x)))), el("tbody", {}, rows))));
+  });
+});
+
+addEditRow();
+loadInfo();
