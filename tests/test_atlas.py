@@ -24,13 +24,13 @@ from lmscope.clamping import (ClampConfig, clamp_edits, clamp_experiment, concep
                               parse_neurons, random_controls)
 
 
-def _naive(lm, layer: int, kind: str, k: int):
+def _naive(lm, layer: int, kind: str, k: int, neurons):
     """Per-neuron loop: (w centred for LayerNorm, times the final-norm gain) @ W_U, top-k."""
     g = norms.gain(get_module(lm.hf, lm.spec.final_norm), lm.spec.norm_kind)
     w_u = lm.weights.W_U.detach().float()
     mat = lm.weights.W_out(layer) if kind.startswith("out") else lm.weights.W_in(layer, kind.removeprefix("in_"))
     ids, vals = [], []
-    for n in range(lm.d_mlp):
+    for n in neurons:
         w = mat[n].detach().float()
         if lm.spec.norm_kind == "layer":
             w = w - w.mean()
@@ -50,9 +50,10 @@ def test_decode_matches_naive(tiny):
     for kind in expect:
         assert table.ids[kind].shape == (tiny.n_layers, tiny.d_mlp, 5)
         for layer in range(tiny.n_layers):
-            ids, vals = _naive(tiny, layer, kind, 5)
-            torch.testing.assert_close(table.scores[kind][layer], vals, rtol=1e-5, atol=1e-6)
-            assert torch.equal(table.ids[kind][layer], ids)
+            sel = list(range(layer, tiny.d_mlp, 7))  # a spread of neurons keeps the loop short
+            ids, vals = _naive(tiny, layer, kind, 5, sel)
+            torch.testing.assert_close(table.scores[kind][layer, sel], vals, rtol=1e-5, atol=1e-6)
+            assert torch.equal(table.ids[kind][layer, sel], ids)
     one = decode_neuron(tiny, -1, 7, k=5)
     assert (one["in_gate"] is None) == (not is_gated(tiny))
     for kind in expect:
@@ -266,16 +267,50 @@ def test_clamp_concept_neuron_beats_control(smollm, smollm_out_atlas):
     assert hits, "no neuron of SmolLM2 has ' dog' as its top output token"
     words = ["dog", "dogs", "puppy"]
     best = None
-    for h in hits[:4]:  # the first few candidates; keep the strongest (cheap: next-token only)
+    for h in hits[:3]:  # the atlas's best candidates in order, until one works (next-token only: cheap)
         nat = natural_activation(smollm, [(h["layer"], h["neuron"])], prompts, chat=True)[0]
         value = 10 * max(nat["max"], 0.1)
         rep = clamp_experiment(smollm, [(h["layer"], h["neuron"])], value=value, prompts=prompts,
                                concept_words=words, generate=False, config=ClampConfig(chat=True))
         if best is None or rep.ratio("clamped") > best.ratio("clamped"):
             best = rep
+        if best.ratio("clamped") >= 10:
+            break
     assert best.ratio("clamped") >= 10
     assert best.ratio("clamped") > 3 * best.ratio("control")
     # generations (greedy, few and short): the concept appears at least as often as in the baseline
     gen = clamp_experiment(smollm, best.arms["clamped"].neurons, value=best.arms["clamped"].values,
                            prompts=prompts[:2], keywords=words, config=ClampConfig(max_new_tokens=24, chat=True))
     assert gen.arms["clamped"].concept_rate >= gen.arms["baseline"].concept_rate
+
+
+def test_plots_write_png(tmp_path):
+    from lmscope.atlas import plot_compare
+    from lmscope.clamping import plot_clamp
+
+    lm = make_tiny("llama")
+    plot_compare(compare_atlases(lm, perturb_mlp(lm, noise=0.3)), tmp_path / "c.png")
+    rep = clamp_experiment(lm, [(1, 2)], value=9.0, prompts=["ab"], keywords=["a"], generate=True,
+                           config=ClampConfig(max_new_tokens=2, chat=False))
+    plot_clamp(rep, tmp_path / "k.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "k.png").read_bytes()[:4]
+
+
+@pytest.mark.slow
+def test_cli_search_and_neuron(smollm_out_atlas):
+    import json
+
+    from click.testing import CliRunner
+
+    from lmscope.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["atlas", "search", "smollm2-135m-instruct", "dogs", "--kind", "out",
+                                 "--atlas", str(smollm_out_atlas.path), "--limit", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["results"] and {"layer", "neuron", "kind", "rank", "token", "score"} <= set(out["results"][0])
+    top = out["results"][0]
+    r = CliRunner().invoke(cli, ["atlas", "neuron", "smollm2-135m-instruct", f"{top['layer']}.{top['neuron']}",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["out"][0]["token"] == top["top"][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_replace_sets_exactly_the_mean_few_shot_state():
 def test_kv_cached_indirect_effects_equal_full_forwards(tiny):
     data = F.prepare(tiny, "antonym", TINY_CFG)
     few, _, _, _ = F._extraction_prompts(data, TINY_CFG)
-    mean_z, mean_out = F.head_means(tiny, few, batch_size=4)
+    mean_z, _ = F.head_means(tiny, few, batch_size=4)
     bad, _, qs, ans = F._extraction_prompts(data, TINY_CFG, shuffle_labels=True, n=4, salt=1)
     ids = T.answer_ids(tiny, qs, ans)
     before = hook_count(tiny.hf)
@@ -133,7 +134,24 @@ def test_kv_cached_indirect_effects_equal_full_forwards(tiny):
         torch.testing.assert_close(aie[lay, h], full, atol=2e-6, rtol=1e-4)
 
 
-def test_heads_vector_sums_the_top_heads_mean_outputs():
+def test_last_token_scorer_equals_full_forwards(tiny):
+    v = F.make(tiny, "antonym", TINY_CFG)
+    prompts = T.zero_shot_prompts(["hot", "beautiful", "up", "fast"])
+    ids = torch.tensor([5, 9, 11, 13])
+    sc = T.LastTokenScorer(tiny, prompts, ids, batch_size=3)
+    for edits_fast, edits_full in [([], []),
+                                   ([F.vector_edit(v, 1, scale=3.0, positions="all")],
+                                    [F.vector_edit(v, 1, scale=3.0, positions="last")]),
+                                   ([F.vector_edit(v, 0, mode="replace", positions="all")],
+                                    [F.vector_edit(v, 0, mode="replace", positions="last")])]:
+        a, b = sc.score(edits_fast), T.score(tiny, prompts, ids, edits=edits_full)
+        torch.testing.assert_close(a.prob, b.prob, atol=1e-6, rtol=1e-4)
+        assert torch.equal(a.top, b.top)
+    with pytest.raises(InputError, match="positions='all'"):
+        sc.score([F.vector_edit(v, 1, positions="last")])
+
+
+def test_heads_vector_sums_the_top_heads_mean_outputs(tmp_path):
     lm = make_tiny("llama")
     cfg = F.FVConfig(**{**TINY_CFG.__dict__, "method": "heads", "top_heads": 3, "n_aie_prompts": 4})
     data = F.prepare(lm, "antonym", cfg)
@@ -145,6 +163,12 @@ def test_heads_vector_sums_the_top_heads_mean_outputs():
     _, mean_out = F.head_means(lm, few)
     torch.testing.assert_close(v[0], sum(mean_out[a, b] for a, b, _ in heads), atol=1e-5, rtol=1e-5)
     assert all(torch.equal(v[0], v[i]) for i in v.layers)  # one vector, usable at any layer
+    back = Vector.load(v.save(tmp_path / "heads.safetensors"), model=lm)
+    assert back.meta["heads"] == heads and torch.equal(back[1], v[1])
+    c = F.make(lm, data, replace(cfg, heads_contrast=True))  # same heads, minus their zero-shot outputs
+    _, zero_out = F.head_means(lm, F._extraction_prompts(data, cfg)[1])
+    assert c.meta["heads"] == heads
+    torch.testing.assert_close(c[0], sum(mean_out[a, b] - zero_out[a, b] for a, b, _ in heads), atol=1e-5, rtol=1e-5)
 
 
 def test_random_control_is_seeded_with_equal_norm():
@@ -170,8 +194,8 @@ def test_evaluate_and_compose_run_end_to_end(tmp_path):
     json.dumps(c.to_dict())
     from lmscope.plots.fv_plots import plot_composition, plot_layer_sweep
 
-    assert plot_layer_sweep(sw, tmp_path / "s.png").endswith(".png") and (tmp_path / "s.png").stat().st_size > 0
-    assert (tmp_path / "c.png").exists() is False and plot_composition(c, tmp_path / "c.png")
+    for fig in (plot_layer_sweep(sw, tmp_path / "s.png"), plot_composition(c, tmp_path / "c.png")):
+        assert fig.endswith(".png") and (tmp_path / fig).stat().st_size > 1000
 
 
 def test_config_and_vector_errors():
@@ -191,10 +215,62 @@ def test_config_and_vector_errors():
 def test_gemma_middle_layer_task_vector_beats_zero_shot_and_random(gemma):
     cfg = F.FVConfig(shots=5, n_prompts=16, n_test=16, seed=0, batch_size=16)
     data = F.prepare(gemma, "antonym", cfg)
+    assert len(data.test) == 16
     v = F.make(gemma, data, cfg)
-    sw = F.evaluate(gemma, v, data, layers=[4, 6, 8, 17])
+    sw = F.evaluate(gemma, v, data, layers=[6, 9, 11, 17])
     assert sw.few_shot > sw.zero_shot + 0.3  # the model can do the task in context
     mid = max(sw.accuracy[:3])
     i = sw.accuracy.index(mid)
     assert mid >= sw.zero_shot + 0.25 and mid >= sw.random[i] + 0.25
     assert sw.prob[i] > 2 * sw.zero_shot_prob
+    assert sw.accuracy[-1] < mid  # the last layer does not carry the task as well
+    # Hendel's replace mode: the mean few-shot state works mid-network, not at the last layer
+    tv = F.make(gemma, data, cfg, method="replace")
+    rs = F.evaluate(gemma, tv, data, layers=[10, 17], baselines=False)
+    assert rs.accuracy[0] >= sw.zero_shot + 0.25 and rs.accuracy[0] >= rs.random[0] + 0.25
+    assert rs.accuracy[1] < rs.accuracy[0]
+
+
+@pytest.mark.slow
+def test_gemma_some_head_carries_the_task(gemma):
+    """Todd et al.'s indirect effect: patching the clean mean of the best head into
+    shuffled-label prompts raises P(answer) (heads of layers 8-10 only, to stay cheap)."""
+    cfg = F.FVConfig(shots=5, n_prompts=16, n_test=16, n_aie_prompts=8, batch_size=16, method="heads",
+                     aie_layers=(8, 9, 10), top_heads=2)
+    v = F.make(gemma, "antonym", cfg)
+    aie = torch.tensor([[float("nan") if x is None else x for x in row] for row in v.meta["aie"]])
+    assert torch.isnan(aie[:8]).all() and torch.isfinite(aie[8:11]).all()
+    assert v.meta["heads"][0][2] > 0.02
+
+
+def test_cli_make_eval_sweep_compose_json(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from lmscope.cli.main import cli
+
+    lm = make_tiny("llama")
+    monkeypatch.setattr("lmscope.cli.fv.load_model", lambda *a, **k: lm)
+    run = CliRunner().invoke
+    small = ["--n", "4", "--n-test", "5", "--shots", "2", "--keep-ambiguous"]
+    f = str(tmp_path / "ant.safetensors")
+    r = run(cli, ["fv", "make", "tiny", "--task", "antonym", *small, "--out", f, "--json"])
+    assert r.exit_code == 0, r.output
+    made = json.loads(r.output)
+    assert made["path"] == f and made["layers"] == [0, 1, 2] and made["method"] == "mean-diff"
+    r = run(cli, ["fv", "eval", "tiny", f, "--layers", "0,2", "--scale", "2", "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.output)
+    assert ev["layers"] == [0, 2] and ev["scale"] == 2.0 and ev["summary"]["task"] == "antonym"
+    assert (tmp_path / "fv_eval_antonym.png").is_file()
+    r = run(cli, ["fv", "sweep", "tiny", "--task", "antonym", "--task", "capitalize", *small, "--layers", "1:3",
+                  "--positions", "all", "--out", str(tmp_path / "sw"), "--json"])
+    assert r.exit_code == 0, r.output
+    sw = json.loads(r.output)
+    assert [t["task"] for t in sw["table"]] == ["antonym", "capitalize"] and sw["sweeps"][0]["layers"] == [1, 2]
+    assert len(sw["figures"]) == 3 and len(sw["vectors"]) == 2
+    r = run(cli, ["fv", "compose", "tiny", "--plus", "antonym", "--plus", "capitalize", "--minus", "copy", *small,
+                  "--layers", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["expression"] == "antonym + capitalize - copy"
+    r = run(cli, ["fv", "eval", "tiny", f, "--layers", "x"])
+    assert r.exit_code != 0

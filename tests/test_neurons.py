@@ -15,11 +15,11 @@ import torch
 from lmscope import neuron_causal as nc
 from lmscope.corpus import read_prompts, read_texts, token_windows
 from lmscope.errors import InputError, SiteError
+from lmscope.neuron_corr import auroc, correlate, load_labelled, neuron_activations
 from lmscope.neuron_stats import NeuronStats
-from lmscope.neurons import (NeuronRecording, RecordConfig, auroc, correlate, load_labelled, neuron_activations,
-                             parse_neurons, record)
+from lmscope.neurons import NeuronRecording, RecordConfig, parse_neurons, record
 
-from conftest import make_tiny
+from conftest import make_tiny  # noqa: E402 - pytest puts tests/ on sys.path
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "lmscope" / "data"
 TEXTS = ["the quick brown fox jumps over the lazy dog " * 3, "short one", "abc def ghi jkl mno pqr stu",
@@ -284,3 +284,64 @@ def test_plots_write_files(tmp_path):
     data = json.loads(page.split("id='data'>")[1].split("</script>")[0].replace("&amp;", "&").replace("&lt;", "<")
                       .replace("&gt;", ">"))
     assert data["examples"][0]["max_act"] == ex[0]["max_act"]
+
+
+# ---- real models (slow): directions of change, each against a random-neuron control ---------------
+
+def _agreement(split: slice, key: str = "prompt_plural") -> list[str]:
+    rows = [json.loads(line) for line in open(DATA / "singular_plural_agreement.jsonl")]
+    return [r[key] for r in rows[split]]
+
+
+@pytest.fixture(scope="module")
+def gemma_agreement(gemma):
+    """Neurons ranked by attribution to LD(" these" - " this") on 8 plural prompts."""
+    scores = nc.attribute(gemma, _agreement(slice(0, 8)), target=" these", baseline=" this")
+    return gemma, scores
+
+
+@pytest.mark.slow
+def test_ablating_top_agreement_neurons_lowers_the_plural_logit_difference_more_than_random(gemma_agreement):
+    lm, scores = gemma_agreement
+    held_out = _agreement(slice(40, 52))  # not used for the ranking
+    curve = nc.ablation_curve(lm, nc.top_neurons(scores, 10), held_out, target=" these", baseline=" this",
+                              ks=[10], n_random=2, method="zero", seed=0)
+    top, rnd = curve.top[0], curve.random[0]["delta_ld"]
+    assert top.delta_ld < -0.3
+    assert top.delta_ld < rnd["mean"] - 0.3  # ten random neurons barely matter
+
+
+@pytest.mark.slow
+def test_dose_response_of_the_top_agreement_neuron_moves_the_logit_difference_its_way(gemma_agreement):
+    lm, scores = gemma_agreement
+    prompts = _agreement(slice(40, 48))
+    (layer, n), = nc.top_neurons(scores, 1)
+    values = [-2.0, 0.0, 2.0, 4.0]
+    top = nc.dose_response(lm, [(layer, n)], prompts, target=" these", baseline=" this", values=values)
+    # a control neuron of the same layer with a near-zero attribution
+    ctrl = int(scores[layer].abs().argmin())
+    rnd = nc.dose_response(lm, [(layer, ctrl)], prompts, target=" these", baseline=" this", values=values)
+    swing = top.ld[-1] - top.ld[0]
+    assert swing > 0.5  # positive attribution: raising the neuron favours " these"
+    assert sum(b > a for a, b in zip(top.ld, top.ld[1:])) >= 2  # monotone-ish
+    assert swing > 2 * abs(rnd.ld[-1] - rnd.ld[0])
+    assert top.natural["q01"] < top.natural["q99"]
+
+
+@pytest.mark.slow
+def test_cli_neuron_show_and_top_json(smollm, tmp_path):
+    from click.testing import CliRunner
+
+    from lmscope.cli.main import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["neuron", "show", "smollm2-135m-instruct", "3.7", "--max-tokens", "300", "-k", "3",
+                              "--html", str(tmp_path / "n.html"), "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)  # stderr (progress bars) is kept apart
+    assert d["layer"] == 3 and d["neuron"] == 7 and len(d["examples"]) == 3
+    assert d["stats"]["count"] == d["recorded_tokens"] == 300
+    assert d["decoding"] is None or d["decoding"]["out"]
+    assert (tmp_path / "n.html").stat().st_size > 1000
+    bad = runner.invoke(cli, ["neuron", "top", "smollm2-135m-instruct", "3.99999", "--json"])
+    assert bad.exit_code != 0

@@ -132,6 +132,19 @@ def test_mean_position_over_completion_tokens(llama):
     torch.testing.assert_close(v[1], means[0] - means[1], rtol=1e-5, atol=1e-5)
 
 
+def test_balance_weights_each_answer_pair_equally(llama):
+    items = [("q1", "(A", "(B"), ("q two", "(A", "(B"), ("q three", "(A", "(B"), ("q4", "(B", "(A")]
+    data = from_completions(items)
+    bal = extract(llama, data, layers=(1,))  # balanced by default for completions
+    flat = extract(llama, data, layers=(1,), balance=False)
+    d = [_last(llama, [q + "\n" + p], 1)[0] - _last(llama, [q + "\n" + n], 1)[0] for q, p, n in items]
+    torch.testing.assert_close(bal[1], 0.5 * (torch.stack(d[:3]).mean(0) + d[3]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flat[1], torch.stack(d).mean(0), rtol=1e-5, atol=1e-5)
+    assert bal.meta["balance"] is True and flat.meta["balance"] is False
+    with pytest.raises(InputError, match="balance applies"):
+        extract(llama, from_pairs(PAIRS), balance=True)
+
+
 def test_pca_is_deterministic_with_sign_convention(gemma_tiny):
     data = from_pairs(PAIRS)
     a = extract(gemma_tiny, data, method="pca")
@@ -363,12 +376,17 @@ def test_verify_reports_vector_next_to_random_controls(llama):
     v = extract(llama, from_pairs(PAIRS))
     task = _tiny_task()
     rep = st.verify(llama, v, task, layer=1, coef=0.5, mode="subtract", n_random=2)
+    kl = rep.details["kl"]
+    assert kl["vector"] > 0 and len(kl["random"]) == 2
+    minus = task.absent(llama, st.steer_edits(v, 1, 0.5, mode="subtract"))["score"]
+    assert rep.swing["vector"] == pytest.approx(rep.add["vector"] - minus)
+    assert len(rep.swing["random_all"]) == 2 and "swing" in rep.passed and len(rep.rows()) == 3
     assert rep.add["vector"] == pytest.approx(task.absent(llama, st.steer_edits(v, 1, 0.5))["score"])
     assert rep.remove["vector"] == pytest.approx(task.present(llama, st.steer_edits(v, 1, 0.5, mode="subtract"))["score"])
     assert len(rep.add["random_all"]) == 2 and rep.add["random_all"][0] != rep.add["random_all"][1]
     assert rep.add["base"] == rep.remove["base"]  # same prompts in this toy task
     d = rep.to_dict()
-    assert set(d["passed"]) == {"add", "remove"} and len(d["rows"]) == 2
+    assert set(d["passed"]) == {"add", "remove", "swing"} and len(d["rows"]) == 3
     assert rep.details["relative_length"] == pytest.approx(0.5)
 
 
@@ -380,11 +398,15 @@ def test_sweep_rows_and_recommendation_rule(llama):
         assert r["admissible"] == (r["kl"] <= 0.05 and (r["repetition"] is None
                                                          or r["repetition"] <= res.base["repetition"] + 0.2))
         assert r["effect"] == pytest.approx(r["score"] - res.base["score"])
-    good = [r for r in res.rows if r["admissible"] and r["effect"] > 0]
-    if good:
-        assert res.recommended["effect"] == max(r["effect"] for r in good)
+    good = sorted((r for r in res.rows if r["admissible"] and r["effect"] > 0), key=lambda r: -r["effect"])
+    checked = [r for r in good if "random_effect" in r]
+    assert checked == good[:len(checked)] and len(checked) <= 3
+    if res.recommended is not None:  # the first candidate (rule order) that beats its random control
+        rec = res.recommended
+        assert rec["effect"] > abs(rec["random_effect"])
+        assert all(r["effect"] <= abs(r["random_effect"]) for r in checked if r["effect"] > rec["effect"])
     else:
-        assert res.recommended is None
+        assert all(r["effect"] <= abs(r["random_effect"]) for r in checked) and (len(checked) == 3 or not good[3:])
     small = [r for r in res.rows if r["coef"] == 0.05]
     big = [r for r in res.rows if r["coef"] == 2.0]
     assert all(s["kl"] < b["kl"] for s, b in zip(small, big, strict=True))
@@ -401,3 +423,39 @@ def test_plots_write_pngs(tmp_path, llama):
     for f in (plot_sweep(res, tmp_path / "s.png"), plot_verify(rep, tmp_path / "v.png"),
               plot_layers(v, tmp_path / "l.png")):
         assert open(f, "rb").read(4) == b"\x89PNG"
+
+
+# ---- real models (slow): directions of change, each next to random directions of equal norm --------------
+@pytest.mark.slow
+def test_refusal_vectors_on_smollm(smollm):
+    """Arditi et al. / CAA on the instruct model (chat template): a refusal vector added at a
+    middle layer raises p(refusal start) on held-out harmless prompts more than random
+    directions of equal norm; subtracting it lowers it on held-out harmful prompts more than
+    subtracting random directions. Layer 8 / coef 0.25 is the sweep's admissible choice
+    (docs/vectors.md). The vector is read from refusal_completions (mean over the answer
+    tokens): on this 135M model the harmful-minus-harmless prompt direction (refusal_prompts)
+    is weaker and within reach of random controls at 24 training pairs (docs/vectors.md)."""
+    layer = 8
+    task = st.make_task("refusal", n_eval=8, seed=0)  # held-out harmless / harmful prompts
+    comp, _ = load_contrast("refusal_completions").split(0.25, seed=0)
+    v = extract(smollm, comp.head(24), chat=True, position="mean", layers=(layer,))
+    rep = st.verify(smollm, v, task, layer=layer, coef=0.25, mode="subtract", n_random=2, side_effects=False,
+                    swing=False)
+    msg = json.dumps(rep.to_dict()["rows"])
+    assert rep.add["vector"] > rep.add["base"] and rep.add_effect > 2 * rep.add_random_effect, msg
+    assert rep.remove["vector"] < rep.remove["base"] and -rep.remove_effect > rep.remove_random_effect, msg
+
+
+@pytest.mark.slow
+def test_sentiment_vector_on_gemma_raises_positive_words(gemma):
+    """Adding positive-minus-negative raises log p(positive words)/p(negative words) on
+    neutral continuations, far more than random directions of equal norm."""
+    layer = 14  # the sweep's recommendation (docs/vectors.md): layer 14, coef 0.25
+    train, _ = load_contrast("sentiment").split(0.25, seed=0)
+    v = extract(gemma, train.head(24), layers=(layer,))
+    task = st.make_task("sentiment", n_eval=8, seed=0)
+    rep = st.verify(gemma, v, task, layer=layer, coef=0.25, mode="subtract", n_random=2, side_effects=False,
+                    swing=False)
+    msg = json.dumps(rep.to_dict()["rows"])
+    assert rep.add_effect > 1.0 and rep.add_effect > 1.5 * rep.add_random_effect, msg
+    assert -rep.remove_effect > rep.remove_random_effect, msg

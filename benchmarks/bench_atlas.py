@@ -1,0 +1,210 @@
+"""Neuron atlas: decode time vs the bare matmul it needs; model comparison under noise; clamping.
+
+    python benchmarks/bench_atlas.py decode [--models gemma-3-270m,smollm2-135m-instruct] [--layers 4]
+    python benchmarks/bench_atlas.py compare [--model smollm2-135m-instruct] [--every 5]
+    python benchmarks/bench_atlas.py clamp [--model smollm2-135m-instruct] [--times 10]
+
+`decode` times, layer by layer and interleaved (the CPU may be shared: both sides see the same
+load), the atlas's decoding of a layer (all kinds, top-k included) and a bare `torch.mm` of the
+same shapes into a preallocated buffer; it prints both side by side with their ratio and
+GFLOP/s, and extrapolates to the whole model (every layer has the same shapes). FLOPs of the
+whole model = 2 * n_layers * d_mlp * d_model * d_vocab * (number of decoded weight matrices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import lmscope as ls
+from lmscope.atlas import (_SOURCE, AtlasConfig, NeuronTopK, _kinds_for, chunk_rows, compare_atlases, decode_layer,
+                           perturb_mlp)
+from lmscope.atlas_db import write_atlas
+
+
+def _sync(lm):
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+
+
+def reference_gflops(device, n: int = 2048, reps: int = 3) -> float:
+    """GFLOP/s of a plain square float32 matmul on this machine."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    c = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=c)
+    best = min(_timed(lambda: torch.mm(a, b, out=c), device) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def bench_decode(name: str, layers: int | None, k: int) -> dict:
+    lm = ls.load(name)
+    cfg = AtlasConfig(k=k)
+    kinds = _kinds_for(lm, cfg.kinds)
+    n_mats = len({_SOURCE[x] for x in kinds})
+    w_u = lm.weights.W_U.detach().float()
+    chunk = chunk_rows(lm, cfg)
+    buf = torch.empty(chunk, lm.d_vocab, device=lm.device)
+    rows = torch.randn(lm.d_mlp, lm.d_model, device=lm.device)
+    sel = list(range(lm.n_layers)) if layers is None else list(range(0, lm.n_layers, max(1, lm.n_layers // layers)))[:layers]
+
+    def bare():
+        for _ in range(n_mats):
+            for s in range(0, lm.d_mlp, chunk):
+                part = rows[s : s + chunk]
+                torch.mm(part, w_u, out=buf[: len(part)])
+
+    table = NeuronTopK(layers=tuple(sel))
+    t_atlas, t_bare = [], []
+    per: dict = {x: ([], []) for x in kinds}
+    decode_layer(lm, sel[0], AtlasConfig(k=k, kinds=("out",)), _w_u=w_u, _buf=buf)  # warm-up
+    for layer in sel:
+        t_bare.append(_timed(bare, lm.device))
+        t0 = time.perf_counter()
+        res = decode_layer(lm, layer, cfg, _w_u=w_u, _buf=buf)
+        _sync(lm)
+        t_atlas.append(time.perf_counter() - t0)
+        for x, (i, v) in res.items():
+            per[x][0].append(i.cpu())
+            per[x][1].append(v.cpu())
+    for x, (i, v) in per.items():
+        table.ids[x], table.scores[x] = torch.stack(i), torch.stack(v)
+    flops_layer = 2.0 * n_mats * lm.d_mlp * lm.d_model * lm.d_vocab
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        write_atlas(os.path.join(d, "a.sqlite"), lm, table)
+        t_write = (time.perf_counter() - t0) * lm.n_layers / len(sel)
+    atlas_s, bare_s = sum(t_atlas) * lm.n_layers / len(sel), sum(t_bare) * lm.n_layers / len(sel)
+    return {"model": lm.name, "device": str(lm.device), "threads": torch.get_num_threads(),
+            "layers_timed": len(sel), "n_layers": lm.n_layers, "kinds": list(kinds), "n_matrices": n_mats,
+            "shape": f"[{lm.d_mlp}, {lm.d_model}] x [{lm.d_model}, {lm.d_vocab}]", "chunk_rows": chunk,
+            "tflop_model": flops_layer * lm.n_layers / 1e12, "atlas_s_model": atlas_s, "bare_mm_s_model": bare_s,
+            "ratio": atlas_s / bare_s, "atlas_gflops": flops_layer * len(sel) / sum(t_atlas) / 1e9,
+            "bare_gflops": flops_layer * len(sel) / sum(t_bare) / 1e9, "sqlite_write_s_model": t_write,
+            "ratio_per_layer_median": statistics.median(a / b for a, b in zip(t_atlas, t_bare, strict=True)),
+            "reference_square_mm_gflops": reference_gflops(lm.device)}
+
+
+def bench_compare(name: str, every: int, noises: list[float]) -> list[dict]:
+    lm = ls.load(name)
+    layers = list(range(0, lm.n_layers, every))
+    kinds = ("in_gate", "in_up", "out")
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        from lmscope.atlas import build_atlas
+
+        base = os.path.join(d, "base.sqlite")
+        build_atlas(lm, AtlasConfig(k=1, kinds=kinds, layers=tuple(layers)), path=base).close()
+        for noise in noises:
+            p = os.path.join(d, f"n{noise}.sqlite")
+            build_atlas(perturb_mlp(lm, noise=noise, seed=0), AtlasConfig(k=1, kinds=kinds, layers=tuple(layers)),
+                        path=p).close()
+            r = compare_atlases(base, p)
+            out.append({"noise": noise, "layers": layers, **{x: r["kinds"][x]["overall"] for x in r["kinds"]},
+                        "per_layer_out": [round(v, 3) for v in r["kinds"]["out"]["per_layer"]]})
+            os.remove(p)
+    return out
+
+
+def bench_clamp(name: str, times: list[float], n_neutral: int, max_new_tokens: int) -> list[dict]:
+    """Clamp the top 'dog' and 'animal' output neurons found in the atlas to multiples of their
+    natural max (over 16 neutral chat prompts); greedy generations on the concept prompts plus
+    neutral prompts; keywords of the concept and of 'animal' counted in the same texts."""
+    from lmscope.atlas import load_atlas
+    from lmscope.clamping import (ClampConfig, clamp_experiment, concept_hits, load_concept, natural_activation,
+                                  neutral_prompts)
+
+    lm = ls.load(name)
+    atlas = load_atlas(lm)
+    animal = load_concept("animal")
+    rows = []
+    for concept, query in (("dog", "dog"), ("animal", "animal")):
+        con = load_concept(concept)
+        hit = atlas.search(query, kind="out", limit=1)[0]
+        neuron = (hit["layer"], hit["neuron"])
+        prompts = list(dict.fromkeys([con["prompt"], animal["prompt"], *neutral_prompts(n_neutral)]))
+        nat = natural_activation(lm, [neuron], neutral_prompts(16), chat=True)[0]
+        for c in times:
+            rep = clamp_experiment(lm, [neuron], value=c * nat["max"], prompts=prompts, keywords=con["keywords"],
+                                   concept_words=[query], config=ClampConfig(max_new_tokens=max_new_tokens, chat=True))
+            row = {"concept": concept, "neuron": f"{neuron[0]}.{neuron[1]}", "top": hit["top"][:6], "times": c,
+                   "natural_max": nat["max"], "value": c * nat["max"], "n_prompts": len(prompts),
+                   "control": "{}.{}".format(*rep.arms["control"].neurons[0]),
+                   "ratio_clamped": rep.ratio("clamped"), "ratio_control": rep.ratio("control"),
+                   "examples": {a: rep.arms[a].texts[:2] for a in rep.arms}}
+            for arm in rep.arms.values():
+                row[f"rate_{arm.name}"] = arm.concept_rate
+                hits = concept_hits(arm.texts, animal["keywords"])
+                row[f"animal_rate_{arm.name}"] = sum(hits) / len(hits)
+                row[f"p_{arm.name}"] = arm.concept_prob
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["decode", "compare", "clamp"])
+    ap.add_argument("--models", default="gemma-3-270m,smollm2-135m-instruct")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--layers", type=int, default=None, help="decode: time this many layers (spread) and extrapolate")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--every", type=int, default=5, help="compare: every n-th layer")
+    ap.add_argument("--noises", default="0.01,0.03,0.1,0.3,1.0")
+    ap.add_argument("--times", default="10,20", help="clamp: multiples of the natural max")
+    ap.add_argument("--neutral", type=int, default=6)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.what == "decode":
+        res = [bench_decode(m, a.layers, a.k) for m in a.models.split(",")]
+        if not a.json:
+            print(f"{'model':24} {'TFLOP':>6} {'atlas s':>8} {'bare mm s':>9} {'ratio':>6} {'atlas GF/s':>10} "
+                  f"{'bare GF/s':>9} {'ref GF/s':>8} {'sqlite s':>8}  (layers timed)")
+            for r in res:
+                print(f"{r['model']:24} {r['tflop_model']:6.2f} {r['atlas_s_model']:8.1f} {r['bare_mm_s_model']:9.1f} "
+                      f"{r['ratio']:6.2f} {r['atlas_gflops']:10.1f} {r['bare_gflops']:9.1f} "
+                      f"{r['reference_square_mm_gflops']:8.1f} {r['sqlite_write_s_model']:8.1f}  "
+                      f"({r['layers_timed']}/{r['n_layers']})")
+    elif a.what == "compare":
+        res = bench_compare(a.model, a.every, [float(x) for x in a.noises.split(",")])
+        if not a.json:
+            print(f"{a.model}: share of neurons with the same top token, original vs MLP weights + noise x std")
+            print(f"{'noise':>6} {'in_gate':>8} {'in_up':>8} {'out':>8}  out per layer {res[0]['layers']}")
+            for r in res:
+                print(f"{r['noise']:6g} {r.get('in_gate', float('nan')):8.3f} {r['in_up']:8.3f} {r['out']:8.3f}  "
+                      f"{r['per_layer_out']}")
+    else:
+        res = bench_clamp(a.model, [float(x) for x in a.times.split(",")], a.neutral, a.max_new_tokens)
+        if not a.json:
+            for r in res:
+                print(f"{r['concept']}: neuron {r['neuron']} (top {r['top']}), natural max {r['natural_max']:.2f} "
+                      f"x{r['times']:g} -> {r['value']:.2f}; {r['n_prompts']} prompts, greedy {a.max_new_tokens} tokens")
+                print(f"   concept in generations: baseline {r['rate_baseline']:.2f}  clamped {r['rate_clamped']:.2f}  "
+                      f"control ({r['control']}) {r['rate_control']:.2f}")
+                print(f"   any animal word:        baseline {r['animal_rate_baseline']:.2f}  clamped "
+                      f"{r['animal_rate_clamped']:.2f}  control {r['animal_rate_control']:.2f}")
+                print(f"   p(concept token next): baseline {r['p_baseline']:.2e}  clamped {r['p_clamped']:.2e} "
+                      f"(x{r['ratio_clamped']:.1f})  control {r['p_control']:.2e} (x{r['ratio_control']:.2f})")
+    if a.json:
+        print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""`lmscope atlas ...`: every neuron decoded through the LM head, searchable; clamping."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import console, device_option, dtype_option, emit_json, json_option, load_model, progress_enabled
+
+
+def _fmt(tokens, n: int = 8) -> str:
+    return " ".join(repr(t) for t, _ in (tokens or [])[:n]) if tokens else "-"
+
+
+def _open(lm, out, k: int):
+    from lmscope.atlas import load_atlas
+
+    return load_atlas(lm, path=out, k=k, progress=progress_enabled())
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def atlas() -> None:
+        """Neuron atlas: every MLP neuron's weights read as tokens through the LM head (Davies 2025)."""
+
+    @atlas.command()
+    @click.argument("model", default="gemma-3-270m", required=False)
+    @click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Tokens kept per neuron.")
+    @click.option("--out", type=click.Path(dir_okay=False), help="Atlas file (default: the lmscope cache).")
+    @click.option("--layers", help="Comma-separated layers (default: all).")
+    @json_option
+    @device_option
+    @dtype_option
+    def build(model, k, out, layers, as_json, device, dtype) -> None:
+        """Decode every neuron and write the SQLite atlas.
+
+        Every neuron of MODEL: input rows (gate, up) and output column (top and bottom tokens)
+        through the final norm and the unembedding, stored with a full-text index."""
+        from lmscope.atlas import AtlasConfig, build_atlas
+
+        lm = load_model(model, device, dtype)
+        cfg = AtlasConfig(k=k, layers=tuple(int(x) for x in layers.split(",")) if layers else None)
+        with build_atlas(lm, cfg, path=out, progress=progress_enabled()) as a:
+            m = a.meta
+            info = {"model": lm.name, "path": str(a.path), "k": k, "kinds": m["kinds"], "n_layers": len(m["layers"]),
+                    "d_mlp": m["d_mlp"], "n_neurons": len(m["layers"]) * m["d_mlp"],
+                    "decode_seconds": m["decode_seconds"], "write_seconds": m["write_seconds"],
+                    "gflop": m["flops"] / 1e9, "gflops_per_s": m["flops"] / 1e9 / max(m["decode_seconds"], 1e-9)}
+        if as_json:
+            emit_json(info)
+            return
+        console().print(f"[bold]{lm.name}[/bold]: {info['n_neurons']} neurons x {len(info['kinds'])} kinds decoded "
+                        f"in {info['decode_seconds']:.1f} s ({info['gflops_per_s']:.0f} GFLOP/s), written in "
+                        f"{info['write_seconds']:.1f} s to {info['path']}")
+
+    @atlas.command()
+    @click.argument("model")
+    @click.argument("query")
+    @click.option("--kind", default="any", show_default=True,
+                  type=click.Choice(["any", "in", "out", "out_bottom", "in_gate", "in_up"]),
+                  help="Which decoded weights to search (any = in_gate, in_up, out).")
+    @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
+    @click.option("--atlas", "path", type=click.Path(dir_okay=False), help="Atlas file (default: the cache).")
+    @json_option
+    @device_option
+    def search(model, query, kind, limit, path, as_json, device) -> None:
+        """Neurons whose top tokens match QUERY.
+
+        Matches normalised token text (case, leading space markers) and simple plurals;
+        several words match any of them. Builds the atlas on first use."""
+        lm = load_model(model, device)
+        with _open(lm, path, 20) as a:
+            hits = a.search(query, kind=kind, limit=limit)
+            where = str(a.path)
+        if as_json:
+            emit_json({"model": lm.name, "query": query, "kind": kind, "atlas": where, "results": hits})
+            return
+        from rich.table import Table
+
+        t = Table("neuron", "kind", "rank", "token", "score", "matches", "top tokens",
+                  title=f"{lm.name}: neurons for {query!r}")
+        for h in hits:
+            t.add_row(f"{h['layer']}.{h['neuron']}", h["kind"], str(h["rank"]), repr(h["token"]),
+                      f"{h['score']:.2f}", str(h["n_match"]), " ".join(repr(x) for x in h["top"][:8]))
+        console().print(t)
+
+    @atlas.command()
+    @click.argument("model")
+    @click.argument("neuron")
+    @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
+    @json_option
+    @device_option
+    def neuron(model, neuron, k, as_json, device) -> None:
+        """Decode one neuron L.N through the LM head."""
+        from lmscope.atlas import decode_neuron
+        from lmscope.clamping import parse_neurons
+
+        lm = load_model(model, device)
+        ((layer, n),) = parse_neurons(neuron)
+        d = decode_neuron(lm, layer, n, k=k)
+        if as_json:
+            emit_json({"model": lm.name, "layer": layer, "neuron": n,
+                       **{kind: [{"token": t, "score": s} for t, s in v] if v else None for kind, v in d.items()}})
+            return
+        from rich.table import Table
+
+        t = Table("kind", "tokens (best first)", title=f"{lm.name}: neuron {layer}.{n}")
+        for kind, v in d.items():
+            t.add_row(kind, _fmt(v, k))
+        console().print(t)
+
+    @atlas.command()
+    @click.argument("model_a")
+    @click.argument("model_b")
+    @click.option("--layers", help="Comma-separated layers (default: all).")
+    @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of the per-layer shares.")
+    @json_option
+    @device_option
+    def compare(model_a, model_b, layers, plot, as_json, device) -> None:
+        """Share of neurons with the same top token.
+
+        MODEL_A and MODEL_B are models of one architecture and tokenizer, or .sqlite atlases."""
+        from lmscope.atlas import compare_atlases
+
+        def side(spec):
+            return spec if spec.endswith(".sqlite") else load_model(spec, device)
+
+        sel = [int(x) for x in layers.split(",")] if layers else None
+        res = compare_atlases(side(model_a), side(model_b), layers=sel, progress=progress_enabled())
+        if plot:
+            from lmscope.atlas import plot_compare
+
+            plot_compare(res, plot)
+        if as_json:
+            emit_json(res)
+            return
+        from rich.table import Table
+
+        t = Table("kind", "overall", "per layer", title=f"same top token: {res['a']} vs {res['b']}")
+        for kind, r in res["kinds"].items():
+            t.add_row(kind, f"{r['overall']:.3f}", " ".join(f"{x:.2f}" for x in r["per_layer"]))
+        console().print(t)
+
+    @atlas.command()
+    @click.argument("model")
+    @click.argument("neurons")
+    @click.option("--value", type=float, help="Clamp value (default: --times x the natural max).")
+    @click.option("--times", default=10.0, show_default=True, help="Without --value: multiple of the natural max.")
+    @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable; default: the concept's prompt).")
+    @click.option("--chat", is_flag=True, help="Apply the model's chat template.")
+    @click.option("--concept", help="Concept of lmscope/data/concepts.jsonl whose keywords are counted.")
+    @click.option("--n", "n", default=1, show_default=True, type=click.IntRange(1, 100),
+                  help="Generations per prompt (n > 1 samples with --seed).")
+    @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 1024))
+    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of rates and probability ratios.")
+    @json_option
+    @device_option
+    def clamp(model, neurons, value, times, prompts, chat, concept, n, max_new_tokens, seed, plot, as_json,
+              device) -> None:
+        """Generate with neurons clamped, vs a control.
+
+        NEURONS is L.N[,L.N2...]. Each is set to --value (or --times x its natural max on
+        neutral prompts) at every position; a random neuron of the same layer gets the same
+        value as the control."""
+        from lmscope.clamping import (ClampConfig, clamp_experiment, load_concept, natural_activation,
+                                      neutral_prompts, parse_neurons)
+
+        lm = load_model(model, device)
+        cons = load_concept(concept) if concept else None
+        prompts = list(prompts) or ([cons["prompt"]] if cons else [])
+        if not prompts:
+            raise click.UsageError("Pass --prompt TEXT or --concept NAME.")
+        sel = parse_neurons(neurons)
+        nat = natural_activation(lm, sel, neutral_prompts(16) + prompts, chat=chat)
+        values = [value] * len(sel) if value is not None else [times * max(s["max"], 1e-3) for s in nat]
+        cfg = ClampConfig(max_new_tokens=max_new_tokens, chat=chat, do_sample=n > 1, n_samples=n, seed=seed)
+        rep = clamp_experiment(lm, sel, value=values, prompts=prompts, keywords=cons["keywords"] if cons else (),
+                               config=cfg)
+        if plot:
+            from lmscope.clamping import plot_clamp
+
+            plot_clamp(rep, plot)
+        if as_json:
+            emit_json({"model": lm.name, "natural": nat, **rep.to_dict()})
+            return
+        from rich.markup import escape
+
+        c = console()
+        for s, v in zip(nat, values, strict=True):
+            c.print(f"neuron {s['layer']}.{s['neuron']}: natural max {s['max']:.3f} -> clamped to {v:.3f}")
+        for name, arm in rep.arms.items():
+            who = ", ".join(f"{L}.{x}" for L, x in arm.neurons) or "no edit"
+            rate = f", concept in {arm.concept_rate:.0%} of generations" if arm.concept_rate is not None else ""
+            prob = f", p(concept next) {arm.concept_prob:.2e} (x{rep.ratio(name):.1f})" if arm.concept_prob else ""
+            c.print(f"[bold]{name}[/bold] ({who}){rate}{prob}")
+            for text in arm.texts:
+                c.print("   ", escape(text.replace("\n", " ")))

@@ -1,0 +1,1 @@
+"""Figures (matplotlib, Agg backend) and self-contained HTML views, one module per technique."""
