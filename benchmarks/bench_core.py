@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(NAMES), default="smollm2")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peers", default="", help="comma list: nnsight,transformer-lens")
+    ap.add_argument("--n-prompts", type=int, default=32, help="rows of the [n, 64] batch (peers always use 32)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     torch.set_grad_enabled(False)
@@ -70,7 +71,7 @@ def main() -> None:
 
     lm = ls.load(NAMES[args.model])
     hf = lm.hf
-    ids = make_batch(lm.tokenizer)
+    ids = make_batch(lm.tokenizer)[: args.n_prompts]
     batch = ls.Batch(ids, torch.ones_like(ids), [""] * len(ids))
     gen_ids = ids[:GEN_PROMPTS]
     gen_batch = ls.Batch(gen_ids, torch.ones_like(gen_ids), [""] * len(gen_ids))

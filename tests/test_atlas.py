@@ -307,10 +307,10 @@ def test_cli_search_and_neuron(smollm_out_atlas):
     r = CliRunner().invoke(cli, ["atlas", "search", "smollm2-135m-instruct", "dogs", "--kind", "out",
                                  "--atlas", str(smollm_out_atlas.path), "--limit", "3", "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["results"] and {"layer", "neuron", "kind", "rank", "token", "score"} <= set(out["results"][0])
     top = out["results"][0]
     r = CliRunner().invoke(cli, ["atlas", "neuron", "smollm2-135m-instruct", f"{top['layer']}.{top['neuron']}",
                                  "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["out"][0]["token"] == top["top"][0]
+    assert json.loads(r.stdout)["out"][0]["token"] == top["top"][0]

@@ -255,22 +255,22 @@ def test_cli_make_eval_sweep_compose_json(tmp_path, monkeypatch):
     f = str(tmp_path / "ant.safetensors")
     r = run(cli, ["fv", "make", "tiny", "--task", "antonym", *small, "--out", f, "--json"])
     assert r.exit_code == 0, r.output
-    made = json.loads(r.output)
+    made = json.loads(r.stdout)
     assert made["path"] == f and made["layers"] == [0, 1, 2] and made["method"] == "mean-diff"
     r = run(cli, ["fv", "eval", "tiny", f, "--layers", "0,2", "--scale", "2", "--out", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
-    ev = json.loads(r.output)
+    ev = json.loads(r.stdout)
     assert ev["layers"] == [0, 2] and ev["scale"] == 2.0 and ev["summary"]["task"] == "antonym"
     assert (tmp_path / "fv_eval_antonym.png").is_file()
     r = run(cli, ["fv", "sweep", "tiny", "--task", "antonym", "--task", "capitalize", *small, "--layers", "1:3",
                   "--positions", "all", "--out", str(tmp_path / "sw"), "--json"])
     assert r.exit_code == 0, r.output
-    sw = json.loads(r.output)
+    sw = json.loads(r.stdout)
     assert [t["task"] for t in sw["table"]] == ["antonym", "capitalize"] and sw["sweeps"][0]["layers"] == [1, 2]
     assert len(sw["figures"]) == 3 and len(sw["vectors"]) == 2
     r = run(cli, ["fv", "compose", "tiny", "--plus", "antonym", "--plus", "capitalize", "--minus", "copy", *small,
                   "--layers", "1", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["expression"] == "antonym + capitalize - copy"
+    assert json.loads(r.stdout)["expression"] == "antonym + capitalize - copy"
     r = run(cli, ["fv", "eval", "tiny", f, "--layers", "x"])
     assert r.exit_code != 0

@@ -10,7 +10,7 @@ import torch
 
 import lmscope as ls
 from conftest import make_tiny
-from lmscope.backpatch import BackpatchConfig, backpatch, backpatch_logits
+from lmscope.backpatch import BackpatchConfig, backpatch, backpatch_logits, other_rows
 from lmscope.decompose import (
     decompose,
     layer_adds,
@@ -220,6 +220,19 @@ def test_backpatch_grid_on_some(some):
     assert strict.counts["cases"] == strict.counts["wrong_with_both_hops"]
     with pytest.raises(InputError):
         BackpatchConfig(criterion="top2")
+    gen = backpatch(some, rows, BackpatchConfig(require_hops=False, gen_tokens=2, controls=("random",)))
+    assert gen.counts["two_hop_correct"] >= c["two_hop_correct"]  # generation can only accept more
+    assert all("generation" in x for x in gen.cases)
+
+
+def test_other_control_avoids_same_template_and_answer():
+    rows = [{"hop2_prompt": "The capital of France is", "hop1_answer": " France"},
+            {"hop2_prompt": "The capital of Spain is", "hop1_answer": " Spain"},
+            {"hop2_prompt": "The currency of Japan is", "hop1_answer": " Japan"},
+            {"hop2_prompt": "The currency of Italy is", "hop1_answer": " Italy"}]
+    ids = [[1], [2], [3], [1]]
+    other = other_rows(rows, ids)
+    assert other == [2, 3, 1, 1]
 
 
 # ---- real models (directions of change) -----------------------------------------------------------

@@ -301,7 +301,7 @@ def test_cli_lens_commands(tmp_path, monkeypatch):
     run = CliRunner().invoke
     r = run(cli, ["lens", "logit", "tiny", PROMPT, "--target", "w", "--top-k", "3", "--out", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["targets"][0]["token"] == "w" and len(d["cells"]) == m.n_layers * len(d["tokens"])
     assert all((tmp_path / f).is_file() for f in ("logit_lens.png", "logit_lens.html", "logit_lens_targets.png"))
 
@@ -311,16 +311,16 @@ def test_cli_lens_commands(tmp_path, monkeypatch):
     r = run(cli, ["lens", "tuned-train", "tiny", "--corpus", str(corpus), "--steps", "2", "--positions", "8",
                   "--batch-size", "2", "--out", str(art), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["steps"] == 2 and art.is_file()
+    assert json.loads(r.stdout)["steps"] == 2 and art.is_file()
     r = run(cli, ["lens", "compare", "tiny", "--tuned", str(art), "--corpus", str(corpus), "--positions", "16",
                   "--out", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
-    assert len(json.loads(r.output)["tuned_kl"]) == m.n_layers and (tmp_path / "kl_comparison.png").is_file()
+    assert len(json.loads(r.stdout)["tuned_kl"]) == m.n_layers and (tmp_path / "kl_comparison.png").is_file()
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(p) for p in PAIRS))
     r = run(cli, ["lens", "latent", "tiny", "--data", str(data), "--shots", "2", "--out", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["n_items"] > 0 and (tmp_path / "latent_fr_de.png").is_file()
+    assert json.loads(r.stdout)["n_items"] > 0 and (tmp_path / "latent_fr_de.png").is_file()
     r = run(cli, ["lens", "latent", "tiny", "--data", str(data), "--tgt", "en"])
     assert r.exit_code != 0

@@ -242,7 +242,7 @@ def test_cli_wires_model_app_and_uvicorn(lm, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     r = CliRunner().invoke(studio, ["tiny", "--port", "9001", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == {"model": "tiny-llama", "url": "http://127.0.0.1:9001/", "host": "127.0.0.1",
+    assert json.loads(r.stdout) == {"model": "tiny-llama", "url": "http://127.0.0.1:9001/", "host": "127.0.0.1",
                                     "port": 9001}
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 9001) and seen["app"].state.model is lm
     r = CliRunner().invoke(studio, ["tiny", "--host", "0.0.0.0", "--allow-remote"])

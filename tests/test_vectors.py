@@ -21,7 +21,7 @@ from lmscope.contrast_data import (
 from lmscope.errors import ArtifactError, InputError, SiteError
 from lmscope.hooks import hook_count
 from lmscope.interventions import Add
-from lmscope.vectors import ExtractConfig, ModelStamp, Vector, extract, make_vector, parse_expression, separation
+from lmscope.vectors import ModelStamp, Vector, extract, make_vector, parse_expression, separation
 
 PAIRS = [("good day to you", "bad day"), ("I love it", "I hate it!"), ("sunny and warm", "cold rain"),
          ("happy cat", "sad old dog"), ("joy", "grief and pain")]
@@ -336,13 +336,14 @@ def test_cli_info_and_algebra(tmp_path, llama):
     a, b = v.save(tmp_path / "a.safetensors"), (2 * v).save(tmp_path / "b.safetensors")
     r = CliRunner().invoke(cli, ["vector", "algebra", b, "-", a, "--layer", "1", "--out", str(tmp_path / "c"), "--json"])
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["layers"] == [1] and d["norm"]["1"] == pytest.approx(float(v[1].norm()), rel=1e-5)
     r = CliRunner().invoke(cli, ["vector", "info", a, "--json"])
-    assert r.exit_code == 0 and json.loads(r.output)["method"] == "mean-diff"
+    assert r.exit_code == 0 and json.loads(r.stdout)["method"] == "mean-diff"
 
 
 # ---- metrics, sweep, verify (tiny) --------------------------------------------------------------------
+@torch.no_grad()
 def test_sequence_logprobs_match_full_logits(llama):
     texts = ["abc de", "hello"]
     got = st.sequence_logprobs(llama, texts)

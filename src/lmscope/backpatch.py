@@ -13,7 +13,10 @@ a 10-token greedy generation by alias substring; we score the next token (one fo
 pair), which is stricter for answers that a model would start with "the".
 
 Controls, patched at the same place: a seeded random vector with the norm of the real source
-state ("random"), and the l_s state of another prompt's last token ("other").
+state ("random"), and the l_s state of another prompt's last token ("other": a prompt with
+another second-hop relation and another answer, see `other_rows`; a same-template prompt's
+late state carries the answer *format*, e.g. "a currency name comes next", and fixes cases
+by itself).
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class BackpatchConfig:
         seed: Seed of the random control.
         batch_size: Rows per forward.
         max_cases: Keep at most this many failing cases (None = all).
+        gen_tokens: When > 0, a query (hop or two-hop) also counts as answered when the answer
+            or an alias appears in its greedy continuation of this many tokens (the paper's
+            check; it accepts "the Japanese yen" where the next token is " Japanese"). Only case
+            selection uses it: a fix is always judged by the next-token `criterion`.
     """
 
     criterion: Literal["top1", "topk"] = "top1"
@@ -57,12 +64,15 @@ class BackpatchConfig:
     seed: int = 0
     batch_size: int = 64
     max_cases: int | None = None
+    gen_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.criterion not in ("top1", "topk"):
             raise InputError(f"criterion must be 'top1' or 'topk', got {self.criterion!r}.")
         if self.k < 1:
             raise InputError(f"k must be at least 1, got {self.k}.")
+        if self.gen_tokens < 0:
+            raise InputError(f"gen_tokens must be 0 (off) or positive, got {self.gen_tokens}.")
         bad = [c for c in self.controls if c not in ("random", "other")]
         if bad:
             raise InputError(f"Unknown control {bad[0]!r}; use 'random' and/or 'other'.")
@@ -130,6 +140,7 @@ class BackpatchResult:
     criterion: str
     k: int
     require_hops: bool
+    gen_tokens: int
     counts: dict
     grid: Tensor
     control_grids: dict
@@ -142,6 +153,7 @@ class BackpatchResult:
     def to_json(self) -> dict:
         nan = lambda g: [[None if v != v else round(v, 4) for v in row] for row in g.tolist()]  # noqa: E731
         return {"model": self.model, "criterion": self.criterion, "k": self.k, "require_hops": self.require_hops,
+                "gen_tokens": self.gen_tokens,
                 "counts": self.counts, "oracle": self.oracle, "control_oracles": self.control_oracles,
                 "best_pair": self.best_pair, "best_pair_keeps": self.best_pair_keeps,
                 "grid": nan(self.grid), "control_grids": {k: nan(v) for k, v in self.control_grids.items()},
@@ -158,7 +170,46 @@ def evaluate_two_hop(model: Model, rows: Sequence[dict], cfg: BackpatchConfig) -
     h2 = _correct(_run_last(model, [r["hop2_prompt"] for r in rows], bs)[0], ans, cfg)
     two = _correct(two_logits, ans, cfg)
     top = [model.tokenizer.decode([int(i)]) for i in two_logits.argmax(-1)]
-    return {"answer_ids": ans, "hop1": h1, "hop2": h2, "two_hop": two, "states": states, "top": top}
+    texts = None
+    if cfg.gen_tokens:
+        gold = [[r["answer"], *r.get("aliases", [])] for r in rows]
+        h1 = h1 | _in_generation(model, [r["hop1_prompt"] for r in rows], [[r["hop1_answer"]] for r in rows], cfg)
+        h2 = h2 | _in_generation(model, [r["hop2_prompt"] for r in rows], gold, cfg)
+        gen_two, texts = _in_generation(model, [r["prompt"] for r in rows], gold, cfg, return_texts=True)
+        two = two | gen_two
+    return {"answer_ids": ans, "hop1": h1, "hop2": h2, "two_hop": two, "states": states, "top": top,
+            "texts": texts}
+
+
+def _in_generation(model: Model, prompts: Sequence[str], gold: Sequence[Sequence[str]], cfg: BackpatchConfig,
+                   return_texts: bool = False):
+    """[n] bool: an answer string (stripped, lowercased) occurs in the greedy continuation."""
+    texts = []
+    for i in range(0, len(prompts), cfg.batch_size):
+        texts += model.generate(list(prompts[i:i + cfg.batch_size]), max_new_tokens=cfg.gen_tokens).texts
+    ok = torch.tensor([any(a.strip().lower() in t.lower() for a in g if a.strip()) for t, g in zip(texts, gold, strict=True)])
+    return (ok, texts) if return_texts else ok
+
+
+def _template(row: dict) -> str:
+    """The second-hop relation of a row: its hop-2 prompt with the bridge entity blanked."""
+    return row["hop2_prompt"].replace(row["hop1_answer"].strip(), "{}")
+
+
+def other_rows(rows: Sequence[dict], answer_ids: Sequence[Sequence[int]]) -> list[int]:
+    """For each row, the nearest earlier row (cyclically) with another relation template and no
+    shared answer token, so that the "other" control cannot carry this row's answer or its
+    answer format; falls back to another answer only, then to the previous row."""
+    n = len(rows)
+    out = []
+    for i in range(n):
+        cands = [(i - d) % n for d in range(1, n)]
+        pick = next((j for j in cands if _template(rows[j]) != _template(rows[i])
+                     and not set(answer_ids[j]) & set(answer_ids[i])), None)
+        if pick is None:
+            pick = next((j for j in cands if not set(answer_ids[j]) & set(answer_ids[i])), (i - 1) % n)
+        out.append(pick)
+    return out
 
 
 def backpatch(model: Model, rows: Sequence[dict] | None = None, config: BackpatchConfig | None = None, *,
@@ -192,7 +243,7 @@ def backpatch(model: Model, rows: Sequence[dict] | None = None, config: Backpatc
         r = torch.randn(states.shape, generator=g)
         sources["random"] = r / r.norm(dim=-1, keepdim=True) * states.norm(dim=-1, keepdim=True)
     if "other" in cfg.controls:
-        sources["other"] = states.roll(1, 0)  # row i gets prompt i-1's states
+        sources["other"] = states[other_rows(rows, ev["answer_ids"])]
     fixed = {k: torch.zeros(len(cases), L, L, dtype=torch.bool) for k in sources}  # [case, l_s, l_t]
     grid_pairs = [(ls, lt) for lt in range(L) for ls in range(L) if ls > lt]
     lt_of = torch.tensor([lt for _, lt in grid_pairs] * len(sources))
@@ -224,11 +275,13 @@ def backpatch(model: Model, rows: Sequence[dict] | None = None, config: Backpatc
             ok_ids = [ev["answer_ids"][i] for i in ev["two_hop"].nonzero().flatten().tolist()]
             keeps = float(_correct(kl, ok_ids, cfg).float().mean())
     per_case = [{"prompt": rows[i]["prompt"], "answer": rows[i]["answer"], "top": ev["top"][i],
+                 **({"generation": ev["texts"][i]} if ev["texts"] is not None else {}),
                  "fixing_pairs": int(fixed["backpatch"][c].sum()),
                  **{f"fixing_pairs_{k}": int(fixed[k][c].sum()) for k in sources if k != "backpatch"}}
                 for c, i in enumerate(cases)]
     return BackpatchResult(
-        model=model.name, criterion=cfg.criterion, k=cfg.k, require_hops=cfg.require_hops, counts=counts,
+        model=model.name, criterion=cfg.criterion, k=cfg.k, require_hops=cfg.require_hops,
+        gen_tokens=cfg.gen_tokens, counts=counts,
         grid=grids["backpatch"], control_grids={k: v for k, v in grids.items() if k != "backpatch"},
         oracle=oracles["backpatch"], control_oracles={k: v for k, v in oracles.items() if k != "backpatch"},
         best_pair=best, best_pair_keeps=keeps, cases=per_case,

@@ -42,7 +42,7 @@ Mode = Literal["add", "subtract", "ablate"]
 MODES = ("add", "subtract", "ablate")
 
 
-def raw_scale(vector: Vector, layer: int, coef: float, *, relative: bool = True) -> float:
+def raw_scale(vector: Vector, layer: int | None, coef: float, *, relative: bool = True) -> float:
     """The multiplier of `v[layer]` that a coefficient means (see the module docstring)."""
     if not relative:
         return float(coef)
@@ -323,7 +323,8 @@ def make_task(name: str, *, data=None, held_out: float = 0.25, seed: int = 0, n_
     if name == "loglik":
         if data is None or not data.paired:
             raise InputError("The loglik task needs paired data (pairs or completions) to score held-out items.")
-    elif data is None or (name == "refusal" and data.format != "pairs") or (name == "sycophancy" and data.format != "completions"):
+    elif (data is None or (name == "refusal" and data.format != "pairs")
+          or (name == "sycophancy" and data.format != "completions")):
         data = load_contrast(_TASK_DATA[name])
     test = data.split(held_out, seed)[1].head(n_eval)
     if name == "refusal":
@@ -429,8 +430,8 @@ class SweepConfig:
 RULE = ("Among (layer, coef) with KL(unsteered || steered) <= kl_max on neutral prompts and a repeated-3-gram "
         "share of short greedy generations at most repetition_margin above the unsteered one, pick the largest "
         "behaviour change in the goal's direction (ties: smaller |coef|, then lower KL) whose change also exceeds "
-        "the absolute change made by a random direction of equal norm at the same layer and coefficient; up to random_checks "
-        "candidates are tried in that order, and none is recommended if none passes.")
+        "the absolute change made by a random direction of equal norm at the same layer and coefficient; "
+        "up to random_checks candidates are tried in that order, and none is recommended if none passes.")
 
 
 @dataclass

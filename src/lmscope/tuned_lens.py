@@ -334,21 +334,7 @@ def train_tuned_lens(
     weight = lens.weight.requires_grad_(True)
     bias = lens.bias.requires_grad_(True)
     opt = _optimizer(cfg, [weight, bias])
-    start = 0
-    if resume:
-        if out is None or not Path(out).is_file():
-            raise InputError(f"resume needs an existing artifact at out= (got {out!s}); drop resume to start afresh.")
-        old = TunedLens.load(out, model)
-        if old.meta.get("config", {}).get("optimizer", cfg.optimizer) != cfg.optimizer:
-            raise InputError(f"{out} was trained with {old.meta['config']['optimizer']}; "
-                             "resume with the same optimizer.")
-        with torch.no_grad():
-            weight.copy_(old.weight)
-            bias.copy_(old.bias)
-        if old._optimizer_state:
-            _load_opt(opt, old._optimizer_state, model.device)
-        start = int(old.meta.get("step", 0))
-        log.info("Resuming %s at step %d of %d", out, start, cfg.steps)
+    start = _resume(model, cfg, out, weight, bias, opt) if resume else 0
     lens.meta = {"config": asdict(cfg), "corpus": _describe(corpus, len(texts), len(wins)), "step": start}
     tlog = TrainLog()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"tuned lens {model.name}", unit="step")
@@ -379,6 +365,23 @@ def train_tuned_lens(
     tlog.tokens_per_s = trained / tlog.seconds if tlog.seconds > 0 else 0.0
     final = TunedLens(weight.detach().clone(), bias.detach().clone(), model=model.name, meta=lens.meta)
     return final, tlog
+
+
+def _resume(model: Model, cfg: TunedLensConfig, out, weight: Tensor, bias: Tensor, opt) -> int:
+    """Load translators and optimizer state from the artifact at `out`; return its step."""
+    if out is None or not Path(out).is_file():
+        raise InputError(f"resume needs an existing artifact at out= (got {out!s}); drop resume to start afresh.")
+    old = TunedLens.load(out, model)
+    if old.meta.get("config", {}).get("optimizer", cfg.optimizer) != cfg.optimizer:
+        raise InputError(f"{out} was trained with {old.meta['config']['optimizer']}; resume with the same optimizer.")
+    with torch.no_grad():
+        weight.copy_(old.weight)
+        bias.copy_(old.bias)
+    if old._optimizer_state:
+        _load_opt(opt, old._optimizer_state, model.device)
+    start = int(old.meta.get("step", 0))
+    log.info("Resuming %s at step %d of %d", out, start, cfg.steps)
+    return start
 
 
 def _describe(corpus, n_texts: int, n_windows: int) -> dict:

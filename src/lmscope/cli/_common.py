@@ -21,6 +21,12 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
 
     import lmscope
 
+    try:  # keep stdout/stderr clean for --json consumers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
     if device == "cpu" and not os.environ.get("LMSCOPE_THREADS"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
     return lmscope.load(name, device=device, dtype=dtype)

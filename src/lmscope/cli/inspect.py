@@ -267,14 +267,17 @@ def register(cli: click.Group) -> None:
     @click.option("--controls", default="random,other", show_default=True,
                   help="Comma-separated controls: random (same-norm random vector), other (another prompt's state).")
     @click.option("--max-cases", type=click.IntRange(1, 100000), help="Back-patch at most this many failures.")
+    @click.option("--gen-tokens", default=0, show_default=True, type=click.IntRange(0, 256),
+                  help="Also count a query as answered when the answer appears in this many greedy tokens "
+                       "(case selection only; fixes are judged by the next token).")
     @click.option("--seed", default=0, show_default=True, type=int)
     @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
     @click.option("--out", type=click.Path(file_okay=False), help="Directory for the heatmap and result JSON.")
     @json_option
     @device_option
     @dtype_option
-    def backpatch(model, data_file, criterion, k, relaxed, controls, max_cases, seed, batch_size, out, as_json,
-                  device, dtype) -> None:
+    def backpatch(model, data_file, criterion, k, relaxed, controls, max_cases, gen_tokens, seed, batch_size, out,
+                  as_json, device, dtype) -> None:
         """Back-patching on two-hop questions the model gets wrong (Biran et al. 2024)."""
         from lmscope.backpatch import BackpatchConfig
         from lmscope.backpatch import backpatch as run_backpatch
@@ -282,7 +285,7 @@ def register(cli: click.Group) -> None:
 
         cfg = BackpatchConfig(criterion=criterion, k=k, require_hops=not relaxed, seed=seed, batch_size=batch_size,
                               controls=tuple(x.strip() for x in controls.split(",") if x.strip()),
-                              max_cases=max_cases)
+                              max_cases=max_cases, gen_tokens=gen_tokens)
         lm = load_model(model, device, dtype)
         rows = read_jsonl(data_file) if data_file else None
         r = run_backpatch(lm, rows, cfg, progress=progress_enabled())
@@ -298,7 +301,8 @@ def register(cli: click.Group) -> None:
             return
         c = console()
         n = r.counts
-        c.print(f"[bold]{lm.name}[/bold] criterion {criterion}{f' (k={k})' if criterion == 'topk' else ''}: "
+        gen = f" or answer in {gen_tokens} generated tokens" if gen_tokens else ""
+        c.print(f"[bold]{lm.name}[/bold] criterion {criterion}{f' (k={k})' if criterion == 'topk' else ''}{gen}: "
                 f"{n['total']} two-hop queries, {n['two_hop_correct']} correct; hop 1 {n['hop1_correct']}, "
                 f"hop 2 {n['hop2_correct']}, both {n['both_hops_correct']}; wrong with both hops right "
                 f"{n['wrong_with_both_hops']}; back-patched cases: {n['cases']}"

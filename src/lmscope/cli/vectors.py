@@ -136,7 +136,8 @@ def register(cli: click.Group) -> None:
         info = vec.info()
         if as_json:
             emit_json({"path": path, "model": lm.name, "dataset": contrast.name, "method": method, "position": position,
-                       "chat": chat, "balance": vec.meta["balance"], "site": site, "layers": vec.layers, "n_train": vec.meta["split"]["n_train"],
+                       "chat": chat, "balance": vec.meta["balance"], "site": site, "layers": vec.layers,
+                       "n_train": vec.meta["split"]["n_train"],
                        "n_test": vec.meta["split"]["n_test"], "dataset_sha256": vec.meta["dataset_sha256"],
                        "norm": info["norm"], "relative_norm": info["relative_norm"], "separation": sep,
                        "best_separating_layer": best, "plot": fig})

@@ -45,6 +45,7 @@ def _sweep_axes(ax, sw: LayerSweep, title: str | None = None) -> None:
     if not math.isnan(sw.zero_shot):
         ax.axhline(sw.zero_shot, color="C3", ls=":", lw=1.5, label="zero-shot")
     ax.set_ylim(-0.03, 1.03)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer (vector added to resid_post)")
     ax.set_ylabel(f"first-token accuracy (n={sw.n_test})")
     ax.set_title(title or f"{sw.task}", fontsize=10)
@@ -55,7 +56,8 @@ def plot_layer_sweep(sweep: LayerSweep, path, *, title: str | None = None) -> st
     """Accuracy vs layer for one task, with zero-shot / few-shot lines and the random control."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    _sweep_axes(ax, sweep, title or f"{sweep.model}: {sweep.task} ({sweep.method}, {sweep.mode})")
+    how = sweep.method if sweep.mode in sweep.method else f"{sweep.method}, {sweep.mode}"
+    _sweep_axes(ax, sweep, title or f"{sweep.model}: {sweep.task} ({how})")
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
@@ -90,6 +92,7 @@ def plot_composition(comp: Composition, path, *, title: str | None = None) -> st
     ax.axhline(comp.few_shot, color="C2", lw=1.2, label="few-shot ICL")
     ax.axhline(comp.zero_shot, color="C3", ls=":", lw=1.5, label="zero-shot")
     ax.set_ylim(-0.03, 1.03)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer (vector added to resid_post)")
     ax.set_ylabel(f"accuracy on {comp.target} (n={comp.n_test})")
     ax.set_title(title or f"{comp.model}: {comp.expression} on {comp.target}", fontsize=10)

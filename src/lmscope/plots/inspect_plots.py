@@ -131,9 +131,12 @@ def plot_backpatch(res: BackpatchResult, path) -> Path:
     plt = _plt()
     grids = {"back-patch": res.grid, **{f"control: {k}": v for k, v in res.control_grids.items()}}
     vmax = max(float(g.nan_to_num(0).max()) for g in grids.values()) or 1.0
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids) + 1, 3.6), squeeze=False,
+                             constrained_layout=True)
     for ax, (name, g) in zip(axes[0], grids.items(), strict=True):
         im = ax.imshow(g.numpy(), origin="lower", cmap="viridis", vmin=0, vmax=vmax)
+        ax.xaxis.set_major_locator(_int_ticks())
+        ax.yaxis.set_major_locator(_int_ticks())
         ax.set_xlabel("target layer l_t")
         ax.set_ylabel("source layer l_s")
         ax.set_title(f"{name} (n={res.counts['cases']})", fontsize=9)

@@ -157,19 +157,22 @@ def lens_html(result: LensResult, path) -> Path:
 
 
 def plot_kl_comparison(cmp: LensComparison, path) -> Path:
-    """KL(final || lens) per layer, logit vs tuned lens (log scale, ±1.96 s.e. band)."""
+    """KL(final || lens) per layer, logit vs tuned lens (log scale, ±1.96 s.e. band). The last
+    layer is left out: both lenses are the model's output there (KL 0 up to float error)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for res, color in ((cmp.logit, "tab:red"), (cmp.tuned, "tab:blue")):
-        kl, se = res.kl.numpy(), res.kl_sem.numpy()
-        ax.plot(res.layers, kl, marker="o", ms=3, color=color, label=f"{res.lens} lens")
-        ax.fill_between(res.layers, (kl - 1.96 * se).clip(1e-4), kl + 1.96 * se, color=color, alpha=0.15)
+        layers, kl, se = res.layers[:-1], res.kl[:-1].numpy(), res.kl_sem[:-1].numpy()
+        ax.plot(layers, kl, marker="o", ms=3, color=color, label=f"{res.lens} lens")
+        ax.fill_between(layers, (kl - 1.96 * se).clip(1e-4), kl + 1.96 * se, color=color, alpha=0.15)
     ax.set_yscale("log")
     _int_layers(ax)
-    ax.set_xlabel("layer (resid_post)")
+    ax.set_xlabel("layer (resid_post); the last layer, where both are the output, is not drawn")
     ax.set_ylabel("KL(model output || lens), nats")
-    ax.set_title(f"{cmp.logit.model}: logit vs tuned lens, {cmp.logit.n_positions} positions of {cmp.text}", fontsize=9)
-    ax.grid(alpha=0.3)
+    wins = sum(cmp.tuned_wins)
+    ax.set_title(f"{cmp.logit.model}: logit vs tuned lens (tuned lower on {wins}/{len(cmp.tuned_wins)} layers)\n"
+                 f"{cmp.logit.n_positions} positions of {cmp.text}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
