@@ -1,10 +1,11 @@
 """Neuron atlas: decode time vs the bare matmul it needs; model comparison under noise; clamping.
 
     python benchmarks/bench_atlas.py decode [--models gemma-3-270m,smollm2-135m-instruct] [--layers 4]
+    python benchmarks/bench_atlas.py chunk [--models ...] [--reps 5]
     python benchmarks/bench_atlas.py compare [--model smollm2-135m-instruct] [--every 5]
     python benchmarks/bench_atlas.py clamp [--model smollm2-135m-instruct] [--times 10]
 
-`decode` times, layer by layer and interleaved (the CPU may be shared: both sides see the same
+`decode` times (CPU time of the process on CPU, see `_timed`), layer by layer and interleaved (the CPU may be shared: both sides see the same
 load), the atlas's decoding of a layer (all kinds, top-k included) and a bare `torch.mm` of the
 same shapes into a preallocated buffer; it prints both side by side with their ratio and
 GFLOP/s, and extrapolates to the whole model (every layer has the same shapes). FLOPs of the
@@ -24,13 +25,8 @@ import torch
 
 import lmscope as ls
 from lmscope.atlas import (_SOURCE, AtlasConfig, NeuronTopK, _kinds_for, chunk_rows, compare_atlases, decode_layer,
-                           perturb_mlp)
+                           is_gated, perturb_mlp)
 from lmscope.atlas_db import write_atlas
-
-
-def _sync(lm):
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize(lm.device)
 
 
 def reference_gflops(device, n: int = 2048, reps: int = 3) -> float:
@@ -43,13 +39,18 @@ def reference_gflops(device, n: int = 2048, reps: int = 3) -> float:
 
 
 def _timed(fn, device) -> float:
+    """Seconds of `fn`: on CPU the CPU time of this process (`time.process_time`: on a shared
+    machine wall time mostly measures the other jobs; with every thread busy in the matmul the
+    two agree on a quiet machine), on CUDA synchronised wall time."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t = time.perf_counter()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - t
+    t = time.process_time()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t
+    return time.process_time() - t
 
 
 def bench_decode(name: str, layers: int | None, k: int) -> dict:
@@ -75,10 +76,9 @@ def bench_decode(name: str, layers: int | None, k: int) -> dict:
     decode_layer(lm, sel[0], AtlasConfig(k=k, kinds=("out",)), _w_u=w_u, _buf=buf)  # warm-up
     for layer in sel:
         t_bare.append(_timed(bare, lm.device))
-        t0 = time.perf_counter()
-        res = decode_layer(lm, layer, cfg, _w_u=w_u, _buf=buf)
-        _sync(lm)
-        t_atlas.append(time.perf_counter() - t0)
+        box = {}
+        t_atlas.append(_timed(lambda: box.update(res=decode_layer(lm, layer, cfg, _w_u=w_u, _buf=buf)), lm.device))
+        res = box["res"]
         for x, (i, v) in res.items():
             per[x][0].append(i.cpu())
             per[x][1].append(v.cpu())
@@ -98,6 +98,59 @@ def bench_decode(name: str, layers: int | None, k: int) -> dict:
             "bare_gflops": flops_layer * len(sel) / sum(t_bare) / 1e9, "sqlite_write_s_model": t_write,
             "ratio_per_layer_median": statistics.median(a / b for a, b in zip(t_atlas, t_bare, strict=True)),
             "reference_square_mm_gflops": reference_gflops(lm.device)}
+
+
+def bench_chunk(name: str, k: int, reps: int) -> dict:
+    """One score block, the unit of work the atlas repeats (d_mlp / chunk x matrices x layers
+    times): the bare `torch.mm` into the buffer vs the same mm followed by the atlas's top-k
+    (twice for the down matrix: `out` and `out_bottom`). Interleaved; the minimum over `reps`
+    of each side, the estimate least disturbed by other jobs on a shared machine."""
+    from lmscope.atlas import topk_rows, to_token_space
+
+    lm = ls.load(name)
+    cfg = AtlasConfig(k=k)
+    w_u = lm.weights.W_U.detach().float()
+    chunk = chunk_rows(lm, cfg)
+    buf = torch.empty(chunk, lm.d_vocab, device=lm.device)
+    part = to_token_space(lm, lm.weights.W_out(lm.n_layers // 2)[:chunk])
+
+    def bare():
+        torch.mm(part, w_u, out=buf)
+
+    def atlas_in():  # a gate or up row block: one top-k
+        torch.mm(part, w_u, out=buf)
+        topk_rows(buf, k)
+
+    def atlas_out():  # the down block: top-k and bottom-k
+        torch.mm(part, w_u, out=buf)
+        topk_rows(buf, k)
+        topk_rows(buf, k, largest=False)
+
+    def torch_topk():  # the same block with torch.topk instead of the two-stage top-k
+        torch.mm(part, w_u, out=buf)
+        buf.topk(k, dim=1)
+
+    fns = {"bare": bare, "in": atlas_in, "out": atlas_out, "torch_topk": torch_topk}
+    times: dict = {x: [] for x in fns}
+    bare()
+    for _ in range(reps):
+        for x, fn in fns.items():
+            times[x].append(_timed(fn, lm.device))
+    best = {x: min(v) for x, v in times.items()}
+    n_in = 2 if is_gated(lm) else 1
+    per_layer_chunks = -(-lm.d_mlp // chunk)
+    atlas_block = (n_in * best["in"] + best["out"]) / (n_in + 1)  # mean block of the atlas
+    flops_block = 2.0 * chunk * lm.d_model * lm.d_vocab
+    n_blocks = per_layer_chunks * (n_in + 1) * lm.n_layers
+    flops_model = 2.0 * (n_in + 1) * lm.n_layers * lm.d_mlp * lm.d_model * lm.d_vocab
+    return {"model": lm.name, "threads": torch.get_num_threads(), "reps": reps, "chunk_rows": chunk,
+            "block": f"[{chunk}, {lm.d_model}] x [{lm.d_model}, {lm.d_vocab}]", "gflop_block": flops_block / 1e9,
+            "bare_s": best["bare"], "atlas_in_s": best["in"], "atlas_out_s": best["out"],
+            "torch_topk_s": best["torch_topk"], "ratio": atlas_block / best["bare"],
+            "bare_gflops": flops_block / best["bare"] / 1e9, "atlas_gflops": flops_block / atlas_block / 1e9,
+            "n_blocks_model": n_blocks, "tflop_model": flops_model / 1e12,
+            "model_s_estimate": atlas_block / flops_block * flops_model,
+            "bare_model_s_estimate": best["bare"] / flops_block * flops_model, "all_times": times}
 
 
 def bench_compare(name: str, every: int, noises: list[float]) -> list[dict]:
@@ -158,7 +211,8 @@ def bench_clamp(name: str, times: list[float], n_neutral: int, max_new_tokens: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["decode", "compare", "clamp"])
+    ap.add_argument("what", choices=["decode", "chunk", "compare", "clamp"])
+    ap.add_argument("--reps", type=int, default=5, help="chunk: repetitions (the minimum is kept)")
     ap.add_argument("--models", default="gemma-3-270m,smollm2-135m-instruct")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--layers", type=int, default=None, help="decode: time this many layers (spread) and extrapolate")
@@ -182,6 +236,15 @@ def main() -> None:
                       f"{r['ratio']:6.2f} {r['atlas_gflops']:10.1f} {r['bare_gflops']:9.1f} "
                       f"{r['reference_square_mm_gflops']:8.1f} {r['sqlite_write_s_model']:8.1f}  "
                       f"({r['layers_timed']}/{r['n_layers']})")
+    elif a.what == "chunk":
+        res = [bench_chunk(m, a.k, a.reps) for m in a.models.split(",")]
+        if not a.json:
+            print(f"{'model':24} {'block':32} {'bare mm s':>9} {'in s':>6} {'out s':>6} {'torch.topk s':>12} "
+                  f"{'ratio':>6} {'GF/s':>6} {'model s (est.)':>14}")
+            for r in res:
+                print(f"{r['model']:24} {r['block']:32} {r['bare_s']:9.3f} {r['atlas_in_s']:6.3f} "
+                      f"{r['atlas_out_s']:6.3f} {r['torch_topk_s']:12.3f} {r['ratio']:6.2f} {r['bare_gflops']:6.1f} "
+                      f"{r['model_s_estimate']:14.0f}")
     elif a.what == "compare":
         res = bench_compare(a.model, a.every, [float(x) for x in a.noises.split(",")])
         if not a.json:

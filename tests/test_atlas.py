@@ -241,46 +241,44 @@ def test_clamp_experiment_tiny():
 
 @pytest.fixture(scope="module")
 def smollm_out_atlas(smollm, tmp_path_factory):
-    """The output direction of every SmolLM2 neuron (30 x 1536), as a searchable atlas."""
+    """The output direction of every neuron of two SmolLM2 layers (2 x 1536), as a searchable
+    atlas (the whole model is timed in benchmarks/bench_atlas.py, not here: minutes on 2 cores)."""
     path = tmp_path_factory.mktemp("atlas") / "smollm.sqlite"
-    return build_atlas(smollm, AtlasConfig(k=10, kinds=("out",)), path=path)
+    return build_atlas(smollm, AtlasConfig(k=10, kinds=("out",), layers=(0, 29)), path=path)
 
 
 @pytest.mark.slow
-def test_whole_model_decode_smollm(smollm, smollm_out_atlas):
+def test_stored_atlas_equals_direct_decoding_smollm(smollm, smollm_out_atlas):
     a = smollm_out_atlas
     n = a._con.execute("SELECT COUNT(*) FROM neurons WHERE kind='out' AND rank=0").fetchone()[0]
-    assert n == smollm.n_layers * smollm.d_mlp == 30 * 1536
-    assert a.meta["layers"] == list(range(30))
-    for layer, neuron in ((0, 0), (17, 900), (29, 1535)):
+    assert n == 2 * smollm.d_mlp
+    assert a.meta["layers"] == [0, 29]
+    for layer, neuron in ((0, 0), (29, 900), (29, 1535)):
         direct = decode_neuron(smollm, layer, neuron, k=10)["out"]
         stored = a.neuron(layer, neuron)["out"]
         assert [t for t, _ in stored] == [t for t, _ in direct]
+        assert [s for _, s in stored] == pytest.approx([s for _, s in direct], rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.slow
 def test_clamp_concept_neuron_beats_control(smollm, smollm_out_atlas):
     """Davies: a neuron whose output decodes to 'dog', clamped high, raises p(dog) >= 10x;
     a random neuron of the same layer clamped to the same value does much less."""
-    prompts = ["What is your favourite animal?", "Tell me about your neighbours.", "Describe a perfect day."]
-    hits = [h for h in smollm_out_atlas.search("dog", kind="out", limit=50) if h["rank"] == 0]
-    assert hits, "no neuron of SmolLM2 has ' dog' as its top output token"
+    prompts = ["What is your favourite animal?", "Tell me about your neighbours."]
+    hits = [h for h in smollm_out_atlas.search("dog", kind="out", limit=5) if h["rank"] == 0]
+    assert hits, "no neuron of SmolLM2's last layer has 'dog' as its top output token"
+    neuron = (hits[0]["layer"], hits[0]["neuron"])  # the atlas's best candidate
+    nat = natural_activation(smollm, [neuron], prompts, chat=True)[0]
     words = ["dog", "dogs", "puppy"]
-    best = None
-    for h in hits[:3]:  # the atlas's best candidates in order, until one works (next-token only: cheap)
-        nat = natural_activation(smollm, [(h["layer"], h["neuron"])], prompts, chat=True)[0]
-        value = 10 * max(nat["max"], 0.1)
-        rep = clamp_experiment(smollm, [(h["layer"], h["neuron"])], value=value, prompts=prompts,
-                               concept_words=words, generate=False, config=ClampConfig(chat=True))
-        if best is None or rep.ratio("clamped") > best.ratio("clamped"):
-            best = rep
-        if best.ratio("clamped") >= 10:
-            break
-    assert best.ratio("clamped") >= 10
-    assert best.ratio("clamped") > 3 * best.ratio("control")
-    # generations (greedy, few and short): the concept appears at least as often as in the baseline
-    gen = clamp_experiment(smollm, best.arms["clamped"].neurons, value=best.arms["clamped"].values,
-                           prompts=prompts[:2], keywords=words, config=ClampConfig(max_new_tokens=24, chat=True))
+    rep = clamp_experiment(smollm, [neuron], value=10 * max(nat["max"], 0.1), prompts=prompts,
+                           concept_words=words, generate=False, config=ClampConfig(chat=True))
+    assert rep.ratio("clamped") >= 10
+    assert rep.ratio("clamped") > 3 * rep.ratio("control")
+    # one short greedy generation: the clamp changes the text (the concept rate is measured in the benchmark)
+    gen = clamp_experiment(smollm, [neuron], value=rep.arms["clamped"].values, prompts=prompts[:1],
+                           keywords=["dog", "dogs", "cat", "cats", "puppy"], control=False,
+                           config=ClampConfig(max_new_tokens=12, chat=True))
+    assert gen.arms["clamped"].texts != gen.arms["baseline"].texts
     assert gen.arms["clamped"].concept_rate >= gen.arms["baseline"].concept_rate
 
 
@@ -314,3 +312,24 @@ def test_cli_search_and_neuron(smollm_out_atlas):
                                  "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["out"][0]["token"] == top["top"][0]
+
+
+def test_cli_compare_with_a_perturbed_copy(monkeypatch):
+    """`lmscope atlas compare MODEL --perturb NOISE --json` (model loading stubbed with a tiny model)."""
+    import json
+
+    from click.testing import CliRunner
+
+    import lmscope.cli.atlas as cli_atlas
+    from lmscope.cli.main import cli
+
+    monkeypatch.setattr(cli_atlas, "load_model", lambda name, device="cpu", dtype="float32": make_tiny("llama"))
+    shares = []
+    for noise in ("0", "3"):
+        r = CliRunner().invoke(cli, ["atlas", "compare", "tiny", "--perturb", noise, "--json"])
+        assert r.exit_code == 0, r.output
+        d = json.loads(r.stdout)
+        shares.append(d["kinds"]["out"]["overall"])
+    assert shares[0] == 1.0 > shares[1]
+    r = CliRunner().invoke(cli, ["atlas", "compare", "tiny", "--json"])
+    assert r.exit_code == 2  # neither MODEL_B nor --perturb

@@ -256,6 +256,15 @@ def test_ablation_curve_top_effect_equals_ablate_and_random_is_seeded():
     assert c1.top[-1].delta_ld < c1.random[-1]["delta_ld"]["mean"]
 
 
+def test_agreement_demo_rejects_overlapping_splits_and_ships_its_data():
+    from lmscope.agreement import agreement_demo, agreement_rows
+
+    rows = agreement_rows()
+    assert len(rows) >= 40 and all({"prompt_singular", "prompt_plural", "singular", "plural"} <= set(r) for r in rows)
+    with pytest.raises(InputError, match="n_rank"):
+        agreement_demo(make_tiny("llama"), n_rank=len(rows), n_eval=1)
+
+
 # ---- dose-response -----------------------------------------------------------------------------
 
 def test_dose_at_the_natural_value_equals_the_clean_run():
@@ -299,36 +308,50 @@ def _agreement(split: slice, key: str = "prompt_plural") -> list[str]:
 
 @pytest.fixture(scope="module")
 def gemma_agreement(gemma):
-    """Neurons ranked by attribution to LD(" these" - " this") on 8 plural prompts."""
-    scores = nc.attribute(gemma, _agreement(slice(0, 8)), target=" these", baseline=" this")
-    return gemma, scores
+    """`lmscope neuron agreement --json` (API `agreement_demo`): neurons ranked by attribution
+    to LD(" these" - " this") on 6 plural prompts, ablated on 8 held-out ones next to random
+    neurons (k = 1, 2, 5, 10)."""
+    from click.testing import CliRunner
+
+    import lmscope.cli.neurons as cli_neurons
+    from lmscope.cli.main import cli
+
+    with pytest.MonkeyPatch.context() as mp:  # reuse the session's model instead of loading it again
+        mp.setattr(cli_neurons, "load_model", lambda name, device="cpu", dtype="float32": gemma)
+        r = CliRunner().invoke(cli, ["neuron", "agreement", "gemma-3-270m", "--n-rank", "6", "--n-eval", "8",
+                                     "--k-max", "10", "--n-random", "2", "--n-neutral", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    return gemma, json.loads(r.stdout)
 
 
 @pytest.mark.slow
 def test_ablating_top_agreement_neurons_lowers_the_plural_logit_difference_more_than_random(gemma_agreement):
-    lm, scores = gemma_agreement
-    held_out = _agreement(slice(40, 52))  # not used for the ranking
-    curve = nc.ablation_curve(lm, nc.top_neurons(scores, 10), held_out, target=" these", baseline=" this",
-                              ks=[10], n_random=2, method="zero", seed=0)
-    top, rnd = curve.top[0], curve.random[0]["delta_ld"]
-    assert top.delta_ld < -0.3
-    assert top.delta_ld < rnd["mean"] - 0.3  # ten random neurons barely matter
+    _, d = gemma_agreement
+    curve = d["curve"]
+    assert curve["ks"] == [1, 2, 5, 10]
+    top, rnd = curve["top"][-1], curve["random"][-1]
+    assert top["ld_before"] > d["clean_singular_ld"] + 1  # plural prompts favour " these" more than singular ones
+    assert top["delta_ld"] < -0.3
+    assert top["delta_ld"] < rnd["delta_ld"]["mean"] - 0.3  # ten random neurons barely matter
+    assert top["kl_neutral"] > 0
+    # the best single neuron moves LD less than ten together (one neuron alone rarely decides)
+    assert curve["top"][0]["delta_ld"] > top["delta_ld"]
+    assert curve["top"][0]["judgement_flip_rate"] <= top["judgement_flip_rate"]
 
 
 @pytest.mark.slow
 def test_dose_response_of_the_top_agreement_neuron_moves_the_logit_difference_its_way(gemma_agreement):
-    lm, scores = gemma_agreement
-    prompts = _agreement(slice(40, 48))
-    (layer, n), = nc.top_neurons(scores, 1)
-    values = [-2.0, 0.0, 2.0, 4.0]
+    lm, d = gemma_agreement
+    prompts = _agreement(slice(-8, None))
+    layer, n = d["ranking"][0]["layer"], d["ranking"][0]["neuron"]
+    values = [-2.0, 2.0, 6.0]
     top = nc.dose_response(lm, [(layer, n)], prompts, target=" these", baseline=" this", values=values)
-    # a control neuron of the same layer with a near-zero attribution
-    ctrl = int(scores[layer].abs().argmin())
+    ctrl = (n + 1 + int(torch.randint(lm.d_mlp - 1, (1,), generator=torch.Generator().manual_seed(0)))) % lm.d_mlp
     rnd = nc.dose_response(lm, [(layer, ctrl)], prompts, target=" these", baseline=" this", values=values)
     swing = top.ld[-1] - top.ld[0]
     assert swing > 0.5  # positive attribution: raising the neuron favours " these"
-    assert sum(b > a for a, b in zip(top.ld, top.ld[1:])) >= 2  # monotone-ish
-    assert swing > 2 * abs(rnd.ld[-1] - rnd.ld[0])
+    assert top.ld[0] < top.ld[1] < top.ld[2]
+    assert swing > 2 * abs(rnd.ld[-1] - rnd.ld[0])  # a random neuron of the same layer, same values
     assert top.natural["q01"] < top.natural["q99"]
 
 

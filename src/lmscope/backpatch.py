@@ -129,7 +129,8 @@ class BackpatchResult:
         counts: Dataset counts (total, two-hop correct, each hop correct, both hops, selected cases).
         grid: [l_s, l_t] share of cases fixed by that pair (NaN where l_s <= l_t).
         control_grids: Same for each control.
-        oracle: Share of cases fixed by at least one pair (the paper's number).
+        oracle: Share of cases fixed by at least one pair (the paper's number); `grid_mean`
+            is the share of all (case, pair) cells fixed.
         control_oracles: Same for each control.
         best_pair: (l_s, l_t, share) of the best single pair; `best_pair_keeps` the share of
             two-hop-correct prompts still correct under that pair.
@@ -150,11 +151,22 @@ class BackpatchResult:
     best_pair_keeps: float | None
     cases: list[dict]
 
+    @property
+    def grid_mean(self) -> float:
+        """Share of all (case, l_s > l_t) cells that are fixed: the grid's mean."""
+        return float(self.grid.nanmean()) if self.counts["cases"] else 0.0
+
+    @property
+    def control_grid_means(self) -> dict:
+        """`grid_mean` of each control."""
+        return {k: float(v.nanmean()) if self.counts["cases"] else 0.0 for k, v in self.control_grids.items()}
+
     def to_json(self) -> dict:
         nan = lambda g: [[None if v != v else round(v, 4) for v in row] for row in g.tolist()]  # noqa: E731
         return {"model": self.model, "criterion": self.criterion, "k": self.k, "require_hops": self.require_hops,
                 "gen_tokens": self.gen_tokens,
                 "counts": self.counts, "oracle": self.oracle, "control_oracles": self.control_oracles,
+                "grid_mean": self.grid_mean, "control_grid_means": self.control_grid_means,
                 "best_pair": self.best_pair, "best_pair_keeps": self.best_pair_keeps,
                 "grid": nan(self.grid), "control_grids": {k: nan(v) for k, v in self.control_grids.items()},
                 "cases": self.cases}

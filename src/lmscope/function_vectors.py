@@ -245,7 +245,8 @@ def make(lm: Model, task: str | T.Task | TaskData, config: FVConfig | None = Non
     meta = {"task": data.task.name, "fv_method": cfg.method, "mode": "replace" if cfg.method == "replace" else "add",
             "shots": cfg.shots, "n_prompts": cfg.n_prompts, "n_test": cfg.n_test, "seed": cfg.seed,
             "template": cfg.template, "drop_ambiguous": cfg.drop_ambiguous, "test_inputs": data.test.inputs,
-            "position": "last"}
+            "position": "last", "dataset_sha256": data.task.sha256(), "n_pairs": len(data.task),
+            "n_train_pairs": len(data.train)}
     if cfg.method in ("mean-diff", "replace"):
         fs, norms = last_token_means(lm, few, batch_size=cfg.batch_size, progress=progress)  # [layer, d_model]
         if cfg.method == "replace":
@@ -409,7 +410,9 @@ class Composition:
     the composed vector `sum(plus) - sum(minus)`, next to each `plus` vector alone, the vector
     extracted directly from few-shot prompts of the composed task, and a random vector of the
     composed vector's norm. `keys[name][i]`: share of predictions at `layers[i]` (composed
-    vector) that are the first token of `name` applied alone to the input ("cold", "Hot")."""
+    vector) that are the first token of `name` applied alone to the input ("cold", "Hot").
+    `plus_only[i]`: accuracy of `sum(plus)` without the subtracted vectors (empty when there
+    are none): tells whether the subtraction is needed."""
 
     target: str
     expression: str
@@ -422,6 +425,7 @@ class Composition:
     direct: list[float]
     random: list[float]
     keys: dict[str, list[float]]
+    plus_only: list[float] = field(default_factory=list)
     scale: float = 1.0
     model: str = ""
 
@@ -432,6 +436,8 @@ class Composition:
                 "singles": {k: v[i] for k, v in self.singles.items()},
                 "best_single": max(max(v) for v in self.singles.values()) if self.singles else None,
                 "direct": self.direct[i], "best_direct": max(self.direct), "random": self.random[i],
+                "plus_only": self.plus_only[i] if self.plus_only else None,
+                "best_plus_only": max(self.plus_only) if self.plus_only else None,
                 "keys": {k: v[i] for k, v in self.keys.items()}}
 
     def to_dict(self) -> dict:
@@ -470,8 +476,8 @@ def compose(lm: Model, plus: Sequence[str | T.Task], minus: Sequence[str | T.Tas
     data = prepare(lm, tgt, cfg)
     held = data.test.inputs
     vecs = {t.name: make(lm, _pool(lm, t, cfg.template, held), cfg, progress=progress) for t in plus_t + minus_t}
-    composed = sum(vecs[t.name] for t in plus_t) - sum(vecs[t.name] for t in minus_t) if minus_t else \
-        sum(vecs[t.name] for t in plus_t)
+    plus_sum = sum(vecs[t.name] for t in plus_t)
+    composed = plus_sum - sum(vecs[t.name] for t in minus_t) if minus_t else plus_sum
     expr = " + ".join(t.name for t in plus_t) + "".join(f" - {t.name}" for t in minus_t)
     composed = Vector({k: composed[k] for k in composed.layers}, model=lm, method="function-vector",
                       meta={"task": tgt.name, "expression": expr, "mode": "add", "seed": cfg.seed,
@@ -482,6 +488,11 @@ def compose(lm: Model, plus: Sequence[str | T.Task], minus: Sequence[str | T.Tas
     singles = {t.name: evaluate(lm, vecs[t.name], data, baselines=False, control=False, **kw).accuracy
                for t in plus_t}
     dir_acc = evaluate(lm, direct, data, baselines=False, control=False, **kw).accuracy
+    plus_only = []
+    if minus_t:  # the same sum without the subtraction
+        plus_v = Vector({k: plus_sum[k] for k in plus_sum.layers}, model=lm, method="function-vector",
+                        meta={**composed.meta, "expression": " + ".join(t.name for t in plus_t)})
+        plus_only = evaluate(lm, plus_v, data, baselines=False, control=False, **kw).accuracy
     # which single task's answer does the composed vector produce instead?
     keys = {}
     for t in plus_t:
@@ -491,4 +502,5 @@ def compose(lm: Model, plus: Sequence[str | T.Task], minus: Sequence[str | T.Tas
             keys[t.name] = [float((torch.tensor(p) == ids).float().mean()) for p in main.predictions]
     return Composition(target=tgt.name, expression=expr, n_test=len(held), zero_shot=main.zero_shot,
                        few_shot=main.few_shot, layers=main.layers, composed=main.accuracy, singles=singles,
-                       direct=dir_acc, random=main.random, keys=keys, scale=scale, model=lm.name)
+                       direct=dir_acc, random=main.random, keys=keys, plus_only=plus_only, scale=scale,
+                       model=lm.name)

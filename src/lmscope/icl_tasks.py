@@ -26,6 +26,7 @@ Hendel et al. 2023 score the same way).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import random
@@ -119,6 +120,14 @@ class Task:
     @property
     def outputs(self) -> list[str]:
         return [y for _, y in self.pairs]
+
+    def sha256(self) -> str:
+        """Hash of the pairs (one canonical JSON line each): identifies the data of a vector."""
+        h = hashlib.sha256()
+        for x, y in self.pairs:
+            h.update(json.dumps({"input": x, "output": y}, ensure_ascii=False).encode())
+            h.update(b"\n")
+        return h.hexdigest()
 
     def apply(self, x: str) -> str | None:
         """The output for `x`: by rule when the task has one, else by lookup (None if absent)."""

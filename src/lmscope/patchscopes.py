@@ -387,6 +387,10 @@ def entity_sweep(model: Model, entities: Sequence[dict] | None = None, *, layers
     from tqdm.auto import tqdm
 
     entities = list(entities if entities is not None else read_jsonl("patchscope_entities.jsonl"))
+    bad = [e for e in entities if not isinstance(e, dict) or not e.get("entity") or not e.get("keywords")]
+    if bad or not entities:
+        raise InputError(f"Entities must be rows like {{'entity': 'Barack Obama', 'keywords': ['president']}}; "
+                         f"got {bad[0] if bad else 'no rows'!r}.")
     layers = list(range(model.n_layers)) if layers is None else [model.site(f"layers.{x}.resid_post").layer
                                                                   for x in layers]
     names = [e["entity"] for e in entities]

@@ -110,22 +110,35 @@ def register(cli: click.Group) -> None:
 
     @atlas.command()
     @click.argument("model_a")
-    @click.argument("model_b")
+    @click.argument("model_b", required=False)
     @click.option("--layers", help="Comma-separated layers (default: all).")
+    @click.option("--perturb", type=click.FloatRange(0), help="Without MODEL_B: compare MODEL_A with a copy whose "
+                  "MLP weights get Gaussian noise of this many standard deviations (seeded by --seed).")
+    @click.option("--seed", default=0, show_default=True, type=int)
     @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of the per-layer shares.")
     @json_option
     @device_option
-    def compare(model_a, model_b, layers, plot, as_json, device) -> None:
+    def compare(model_a, model_b, layers, perturb, seed, plot, as_json, device) -> None:
         """Share of neurons with the same top token.
 
-        MODEL_A and MODEL_B are models of one architecture and tokenizer, or .sqlite atlases."""
-        from lmscope.atlas import compare_atlases
+        MODEL_A and MODEL_B are models of one architecture and tokenizer, or .sqlite atlases;
+        or one model and --perturb NOISE."""
+        from lmscope.atlas import compare_atlases, perturb_mlp
 
         def side(spec):
             return spec if spec.endswith(".sqlite") else load_model(spec, device)
 
+        if (model_b is None) == (perturb is None):
+            raise click.UsageError("Pass MODEL_B, or --perturb NOISE to compare MODEL_A with a perturbed copy.")
         sel = [int(x) for x in layers.split(",")] if layers else None
-        res = compare_atlases(side(model_a), side(model_b), layers=sel, progress=progress_enabled())
+        a = side(model_a)
+        if model_b is None:
+            if isinstance(a, str):
+                raise click.UsageError("--perturb needs a model, not an atlas file.")
+            b = perturb_mlp(a, noise=perturb, seed=seed)
+        else:
+            b = side(model_b)
+        res = compare_atlases(a, b, layers=sel, progress=progress_enabled())
         if plot:
             from lmscope.atlas import plot_compare
 

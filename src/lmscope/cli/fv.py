@@ -63,6 +63,13 @@ def _sweep_table(sweeps, title: str):
     return t
 
 
+def _record_of(sw) -> dict:
+    """What a vector's sidecar keeps of a LayerSweep (no per-query predictions)."""
+    keep = ("task", "mode", "scale", "positions", "n_test", "shots", "zero_shot", "few_shot", "layers", "accuracy",
+            "random", "prob")
+    return {**{k: getattr(sw, k) for k in keep}, "summary": sw.summary()}
+
+
 def _layer_rows(sw):
     from rich.table import Table
 
@@ -171,10 +178,11 @@ def register(cli: click.Group) -> None:
     @click.option("--scale", type=float, default=1.0, show_default=True, help="Coefficient (add mode).")
     @click.option("--positions", type=click.Choice(["last", "all"]), default="last", show_default=True)
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for the figure.")
+    @click.option("--record", is_flag=True, help="Store the per-layer result in the vector's sidecar.")
     @json_option
     @device_option
     @dtype_option
-    def eval_cmd(model, file, task, layers, scale, positions, out_dir, as_json, device, dtype) -> None:
+    def eval_cmd(model, file, task, layers, scale, positions, out_dir, record, as_json, device, dtype) -> None:
         """Held-out accuracy per layer with the vector in FILE, next to zero-/few-shot and a random control."""
         from pathlib import Path
 
@@ -192,6 +200,11 @@ def register(cli: click.Group) -> None:
             from lmscope.plots.fv_plots import plot_layer_sweep
 
             fig = plot_layer_sweep(sw, Path(out_dir) / f"fv_eval_{sw.task}.png")
+        if record:
+            ev = dict(v.meta.get("evaluation", {}))
+            ev["layer_sweep"] = _record_of(sw)
+            v.meta["evaluation"] = ev
+            v.save(file)
         if as_json:
             emit_json({**sw.to_dict(), "vector": file, "figure": fig})
             return
@@ -239,6 +252,7 @@ def register(cli: click.Group) -> None:
             if out_dir:
                 from lmscope.plots.fv_plots import plot_head_aie, plot_layer_sweep
 
+                v.meta["evaluation"] = {"layer_sweep": _record_of(sw)}
                 vecs.append(v.save(Path(out_dir) / f"fv_{data.task.name}_{method}.safetensors"))
                 figs.append(plot_layer_sweep(sw, Path(out_dir) / f"fv_sweep_{data.task.name}_{method}.png"))
                 if method == "heads":
@@ -306,6 +320,8 @@ def register(cli: click.Group) -> None:
         for k, a in s["singles"].items():
             t.add_row(f"{k} alone", _fmt(a))
         t.add_row(f"extracted from {comp.target} ICL", _fmt(s["direct"]))
+        if comp.plus_only:
+            t.add_row(f"{comp.expression.split(' - ')[0]} (no subtraction)", _fmt(s["plus_only"]))
         t.add_row("random (equal norm)", _fmt(s["random"]))
         c = console()
         c.print(t)

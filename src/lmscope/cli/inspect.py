@@ -182,6 +182,8 @@ def register(cli: click.Group) -> None:
                   help="Sweep: number of source texts (one random position each).")
     @click.option("--sources", "sources_file", type=click.Path(dir_okay=False),
                   help="Sweep: JSONL of {'text'} or {'prompt'} rows (default: corpus.jsonl or facts.jsonl).")
+    @click.option("--entities", "entities_file", type=click.Path(exists=True, dir_okay=False),
+                  help="Entity sweep: JSONL of {'entity', 'keywords'} rows (default: patchscope_entities.jsonl).")
     @click.option("--layers", help="Sweep: comma-separated layers (default: all).")
     @click.option("--seed", default=0, show_default=True, type=int)
     @click.option("--out", type=click.Path(file_okay=False), help="Directory for figures and result JSON.")
@@ -189,7 +191,7 @@ def register(cli: click.Group) -> None:
     @device_option
     @dtype_option
     def patchscope(model, source, source_pos, source_layer, target_layer, target, placeholder, max_new_tokens, top_k,
-                   sweep, n_sources, sources_file, layers, seed, out, as_json, device, dtype) -> None:
+                   sweep, n_sources, sources_file, entities_file, layers, seed, out, as_json, device, dtype) -> None:
         """Patch a hidden state into a target prompt and read it out (Patchscopes), or sweep layers."""
         from lmscope import patchscopes as ps
 
@@ -228,7 +230,8 @@ def register(cli: click.Group) -> None:
             if out:
                 figs.append(str(P.plot_identity_sweep(sw, Path(out) / "patchscope_identity.png")))
         if sweep in ("entities", "both"):
-            es = ps.entity_sweep(lm, layers=lay, progress=progress_enabled())
+            ents = ps.read_jsonl(entities_file) if entities_file else None
+            es = ps.entity_sweep(lm, ents, layers=lay, progress=progress_enabled())
             res["entities"] = es.to_json()
             if out:
                 figs.append(str(P.plot_entity_sweep(es, Path(out) / "patchscope_entities.png")))
@@ -312,6 +315,8 @@ def register(cli: click.Group) -> None:
             return
         ctrl = ", ".join(f"{k_} {v:.2f}" for k_, v in r.control_oracles.items())
         c.print(f"oracle (fixed by some l_s > l_t): {r.oracle:.2f}   controls: {ctrl or 'none'}")
+        cmean = ", ".join(f"{k_} {v:.4f}" for k_, v in r.control_grid_means.items())
+        c.print(f"share of (case, pair) cells fixed: {r.grid_mean:.4f}   controls: {cmean or 'none'}")
         if r.best_pair:
             ls_, lt_, share = r.best_pair
             keeps = f"; keeps {r.best_pair_keeps:.2f} of correct queries correct" if r.best_pair_keeps is not None else ""

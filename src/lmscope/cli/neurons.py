@@ -1,4 +1,4 @@
-"""`lmscope neuron ...`: record, top, correlate, ablate, dose, show."""
+"""`lmscope neuron ...`: record, top, correlate, ablate, agreement, dose, show."""
 
 from __future__ import annotations
 
@@ -284,6 +284,44 @@ def register(cli: click.Group) -> None:
         _print_curve(lm, cr, ranked_by, target, baseline)
         if plot_path:
             console().print(f"wrote {plot_path}")
+
+    @neuron.command()
+    @model_argument
+    @click.option("--n-rank", type=click.IntRange(1), default=20, show_default=True, help="Rows used to rank neurons.")
+    @click.option("--n-eval", type=click.IntRange(1), default=20, show_default=True, help="Held-out rows measured.")
+    @click.option("--k-max", type=click.IntRange(1), default=50, show_default=True)
+    @click.option("--n-random", type=click.IntRange(1), default=3, show_default=True)
+    @click.option("--method", default="zero", show_default=True, type=click.Choice(["zero", "mean", "resample"]))
+    @click.option("--n-neutral", type=click.IntRange(0), default=16, show_default=True)
+    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="PNG of the curve.")
+    @json_option
+    @device_option
+    def agreement(model, n_rank, n_eval, k_max, n_random, method, n_neutral, seed, plot_path, as_json, device):
+        """Singular/plural demo: ablate the top "these"-vs-"this" neurons vs random ones."""
+        from lmscope.agreement import agreement_demo
+
+        lm = load_model(model, device)
+        ks = sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k < k_max} | {k_max})
+        demo = agreement_demo(lm, n_rank=n_rank, n_eval=n_eval, ks=ks, n_random=n_random, method=method,
+                              n_neutral=n_neutral, seed=seed, progress=progress_enabled())
+        d = demo.to_dict()
+        if plot_path:
+            from lmscope.plots.neuron_plots import plot_ablation_curve
+
+            plot_ablation_curve(d["curve"], plot_path, title=f"{lm.name}: {method} ablation of the top-k agreement "
+                                                              f"neurons vs random ({n_eval} held-out prompts)")
+        if as_json:
+            emit_json({**d, "plot": plot_path})
+            return
+        c = console()
+        top = ", ".join(f"{r['layer']}.{r['neuron']}" for r in d["ranking"][:5])
+        c.print(f"[bold]{lm.name}[/bold]: top neurons by attribution to LD({demo.target!r} - {demo.baseline!r}) "
+                f"on {n_rank} plural prompts: {top}")
+        c.print(f"held-out singular prompts: mean LD {demo.clean_singular_ld:+.3f} (should be < 0)")
+        _print_curve(lm, demo.curve, "attribution", demo.target, demo.baseline)
+        if plot_path:
+            c.print(f"wrote {plot_path}")
 
     @neuron.command()
     @model_argument

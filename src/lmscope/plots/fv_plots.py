@@ -88,6 +88,9 @@ def plot_composition(comp: Composition, path, *, title: str | None = None) -> st
     for i, (name, acc) in enumerate(comp.singles.items()):
         ax.plot(comp.layers, acc, "^-", color=f"C{4 + i}", ms=4, lw=1, label=f"{name} alone")
     ax.plot(comp.layers, comp.direct, "d-", color="C1", ms=4, lw=1, label=f"extracted from {comp.target} ICL")
+    if comp.plus_only:
+        ax.plot(comp.layers, comp.plus_only, "v-", color="C9", ms=4, lw=1,
+                label=comp.expression.split(" - ")[0] + " (no subtraction)")
     ax.plot(comp.layers, comp.random, "s--", color="C7", ms=4, label="random, equal norm")
     ax.axhline(comp.few_shot, color="C2", lw=1.2, label="few-shot ICL")
     ax.axhline(comp.zero_shot, color="C3", ls=":", lw=1.5, label="zero-shot")

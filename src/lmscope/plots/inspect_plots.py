@@ -130,6 +130,7 @@ def plot_backpatch(res: BackpatchResult, path) -> Path:
     """Share fixed per (source layer, target layer), next to each control on the same scale."""
     plt = _plt()
     grids = {"back-patch": res.grid, **{f"control: {k}": v for k, v in res.control_grids.items()}}
+    oracles = {"back-patch": res.oracle, **{f"control: {k}": v for k, v in res.control_oracles.items()}}
     vmax = max(float(g.nan_to_num(0).max()) for g in grids.values()) or 1.0
     fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids) + 1, 3.6), squeeze=False,
                              constrained_layout=True)
@@ -139,7 +140,7 @@ def plot_backpatch(res: BackpatchResult, path) -> Path:
         ax.yaxis.set_major_locator(_int_ticks())
         ax.set_xlabel("target layer l_t")
         ax.set_ylabel("source layer l_s")
-        ax.set_title(f"{name} (n={res.counts['cases']})", fontsize=9)
+        ax.set_title(f"{name} (n={res.counts['cases']}; fixed by any pair {oracles[name]:.2f})", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share fixed")
     fig.suptitle(f"{res.model}: back-patching, criterion {res.criterion}", fontsize=9)
     path = Path(path)
