@@ -309,7 +309,7 @@ def _agreement(split: slice, key: str = "prompt_plural") -> list[str]:
 @pytest.fixture(scope="module")
 def gemma_agreement(gemma):
     """`lmscope neuron agreement --json` (API `agreement_demo`): neurons ranked by attribution
-    to LD(" these" - " this") on 6 plural prompts, ablated on 8 held-out ones next to random
+    to LD(" these" - " this") on 6 plural prompts, ablated on 6 held-out ones next to random
     neurons (k = 1, 2, 5, 10)."""
     from click.testing import CliRunner
 
@@ -318,8 +318,8 @@ def gemma_agreement(gemma):
 
     with pytest.MonkeyPatch.context() as mp:  # reuse the session's model instead of loading it again
         mp.setattr(cli_neurons, "load_model", lambda name, device="cpu", dtype="float32": gemma)
-        r = CliRunner().invoke(cli, ["neuron", "agreement", "gemma-3-270m", "--n-rank", "6", "--n-eval", "8",
-                                     "--k-max", "10", "--n-random", "2", "--n-neutral", "4", "--json"])
+        r = CliRunner().invoke(cli, ["neuron", "agreement", "gemma-3-270m", "--n-rank", "6", "--n-eval", "6",
+                                     "--k-max", "10", "--n-random", "2", "--n-neutral", "3", "--json"])
     assert r.exit_code == 0, r.output
     return gemma, json.loads(r.stdout)
 
@@ -342,7 +342,7 @@ def test_ablating_top_agreement_neurons_lowers_the_plural_logit_difference_more_
 @pytest.mark.slow
 def test_dose_response_of_the_top_agreement_neuron_moves_the_logit_difference_its_way(gemma_agreement):
     lm, d = gemma_agreement
-    prompts = _agreement(slice(-8, None))
+    prompts = _agreement(slice(-6, None))
     layer, n = d["ranking"][0]["layer"], d["ranking"][0]["neuron"]
     values = [-2.0, 2.0, 6.0]
     top = nc.dose_response(lm, [(layer, n)], prompts, target=" these", baseline=" this", values=values)
