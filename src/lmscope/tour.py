@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from .interventions import Add
 from .models import Model
 
 log = logging.getLogger(__name__)
@@ -39,24 +38,84 @@ def step_next_token(lm: Model, ctx: TourContext) -> dict:
     return {"prompt": prompt, "top": top}
 
 
-def actadd_vector(lm: Model, layer: int, plus: str, minus: str) -> torch.Tensor:
-    """ActAdd (Turner et al. 2023): the difference of two prompts' last-token residuals."""
-    res = lm.run([plus, minus], capture={f"layers.{layer}.resid_post": "last"}, logits=None)
-    acts = res.cache[f"layers.{layer}.resid_post"].float()
-    return acts[0] - acts[1]
-
-
 def step_steer(lm: Model, ctx: TourContext) -> dict:
-    layer = lm.n_layers // 3
-    v = actadd_vector(lm, layer, " Love", " Hate")
-    prompt = "I think that my neighbour"
-    edit = Add(site=f"layers.{layer}.resid_post", vector=v, scale=1.0)
-    base = lm.generate(prompt, max_new_tokens=24)
-    steered = lm.generate(prompt, edits=[edit], max_new_tokens=24)
-    ctx.say(f"ActAdd (' Love' - ' Hate') added at layers.{layer}.resid_post, every position:")
-    ctx.say(f"  baseline: {prompt}{base.texts[0]}")
-    ctx.say(f"  steered:  {prompt}{steered.texts[0]}")
-    return {"prompt": prompt, "layer": layer, "scale": 1.0, "baseline": base.texts[0], "steered": steered.texts[0]}
+    """A contrastive steering vector (positive - negative sentences of the shipped sentiment
+    set), added during generation, next to a random direction of the same norm."""
+    from .contrast_data import load_contrast
+    from .steering import random_vector, steer_edits
+    from .vectors import extract
+
+    layer = round(0.78 * (lm.n_layers - 1))  # gemma-3-270m: 13 of 0..17, where the sweep recommends 13-14
+    coef = 0.25  # relative to the typical residual norm at that layer
+    v = extract(lm, load_contrast("sentiment").head(24), layers=(layer,))
+    prompt = "The weather today is"
+    arms = {"baseline": [], "vector": steer_edits(v, layer, coef),
+            "random": steer_edits(random_vector(v, layer, seed=0), layer, coef)}
+    texts = {k: lm.generate(prompt, edits=e, max_new_tokens=16).texts[0] for k, e in arms.items()}
+    ctx.say(f"Sentiment vector (mean positive - mean negative, last token) at layers.{layer}.resid_post, "
+            f"coefficient {coef} of the residual norm:")
+    ctx.say("  in token space: " + " ".join(repr(t["token"]) for t in v.top_tokens(lm, layer, k=6)["top"]))
+    for k, t in texts.items():
+        ctx.say(f"  {k + ':':10s}{prompt}{t}".replace("\n", "⏎"))
+    return {"prompt": prompt, "layer": layer, "coef": coef, "generations": texts}
+
+
+def step_function_vector(lm: Model, ctx: TourContext) -> dict:
+    """A function vector: the antonym task read from 5-shot prompts, added to zero-shot ones."""
+    from . import function_vectors as F
+
+    cfg = F.FVConfig(n_prompts=16, n_test=16)
+    data = F.prepare(lm, "antonym", cfg)
+    fv = F.make(lm, data, cfg)
+    mid, last = round(0.6 * (lm.n_layers - 1)), lm.n_layers - 1  # gemma-3-270m: 10 and 17
+    sweep = F.evaluate(lm, fv, data, layers=[mid, last])
+    rows = [["zero-shot", f"{sweep.zero_shot:.2f}"], ["5-shot", f"{sweep.few_shot:.2f}"]]
+    rows += [[f"zero-shot + vector at layer {lay}", f"{acc:.2f}"] for lay, acc in zip(sweep.layers, sweep.accuracy, strict=True)]
+    rows += [[f"zero-shot + random vector at layer {lay}", f"{acc:.2f}"] for lay, acc in zip(sweep.layers, sweep.random, strict=True)]
+    if ctx.table:
+        ctx.table(f"Antonyms, {len(data.test_ids)} held-out words (top-1 accuracy)", ["prompt", "accuracy"], rows)
+    top = lm.run("fast ->", edits=[fv.edit(mid, positions="last")]).top_k(lm, 3)
+    ctx.say(f"  'fast ->' with the vector at layer {mid}: " + ", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in top))
+    return {"task": "antonym", **sweep.summary(), "layers": sweep.layers, "accuracy": sweep.accuracy,
+            "random": sweep.random, "fast": top}
+
+def step_logit_lens(lm: Model, ctx: TourContext) -> dict:
+    """Logit lens: every layer's residual read through the final norm and the unembedding."""
+    from .lens import logit_lens
+    from .plots.lens_plots import lens_html, plot_lens_heatmap, plot_target_probs
+
+    prompt, targets = "The capital of Poland is", [" Warsaw", " Poland"]
+    r = logit_lens(lm, prompt, targets=targets, top_k=5)
+    rows = []
+    for i, layer in enumerate(r.layers):
+        if i % max(1, len(r.layers) // 8) and i != len(r.layers) - 1:
+            continue
+        probs = "  ".join(f"{t!r} {float(r.target_probs[i, -1, j]):.3f} (#{int(r.target_ranks[i, -1, j])})"
+                          for j, t in enumerate(r.targets))
+        rows.append([str(layer), repr(r.top_tokens[i][-1][0]), f"{float(r.top_probs[i, -1, 0]):.3f}", probs])
+    if ctx.table:
+        ctx.table(f"Logit lens at the last position of {prompt!r}", ["layer", "top token", "prob", "targets"], rows)
+    entry = r.entry_layer(" Warsaw")
+    ctx.say(f"  ' Warsaw' enters the top-{r.top_k} at layer {entry} and ends top-1 "
+            f"with p={float(r.target_probs[-1, -1, 0]):.3f}" if entry is not None else "  ' Warsaw' never enters the top-k")
+    figs = [plot_lens_heatmap(r, ctx.out_dir / "logit_lens.png"), plot_target_probs(r, ctx.out_dir / "logit_lens_targets.png"),
+            lens_html(r, ctx.out_dir / "logit_lens.html")]
+    return {"prompt": prompt, "entry_layer": entry, "final_top": r.top_tokens[-1][-1][0],
+            "target_probs_last_position": {t: [float(x) for x in r.target_probs[:, -1, j]] for j, t in enumerate(r.targets)},
+            "figures": [str(f) for f in figs]}
+
+
+def step_patchscope(lm: Model, ctx: TourContext) -> dict:
+    """Patchscope: a name's hidden state, patched into "x" of a few-shot description prompt."""
+    from .patchscopes import patchscope
+
+    source, layer = "Barack Obama", max(1, lm.n_layers // 4)  # gemma-3-270m: layer 4
+    r = patchscope(lm, source, source_layer=layer, target="description", max_new_tokens=16)
+    ctx.say(f"State of {r.source_token!r} ({source!r}, layers.{layer}.resid_post) patched into 'x' of:")
+    ctx.say(f"  {r.target_prompt!r}")
+    ctx.say(f"  patched:   {r.text!r}")
+    ctx.say(f"  unpatched: {r.text_unpatched!r}   (the same prompt with a literal 'x')")
+    return r.to_json()
 
 
 PLURAL_PROMPTS = [
@@ -104,8 +163,11 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
 
 STEPS: list[tuple[str, str, Callable[[Model, TourContext], dict]]] = [
     ("next_token", "1. The next-token distribution", step_next_token),
-    ("steer", "2. Steering one generation", step_steer),
-    ("neuron", "3. One neuron: decoding, max-activating text, ablation", step_neuron),
+    ("logit_lens", "2. The logit lens: what each layer would predict", step_logit_lens),
+    ("patchscope", "3. A Patchscope: the model describes a hidden state", step_patchscope),
+    ("neuron", "4. One neuron: decoding, max-activating text, ablation", step_neuron),
+    ("steer", "5. A steering vector, next to a random direction", step_steer),
+    ("function_vector", "6. A function vector: antonyms without examples", step_function_vector),
 ]
 
 
