@@ -65,7 +65,8 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.set_grad_enabled(False)
     sys.path.insert(0, str(PEERS))
-    from common import GEN_NEW, GEN_PROMPTS, STEER_LAYER, make_batch, ref_resid, steering_vector  # noqa: E402
+    from common import (ABL_LAYER, ABL_NEURON, GEN_NEW, GEN_PROMPTS, STEER_LAYER, make_batch,  # noqa: E402
+                        ref_ablation_delta, ref_logit_lens, ref_resid, steering_vector)
 
     import lmscope as ls
 
@@ -82,6 +83,21 @@ def main() -> None:
     ref = ref_resid(hf, ids)
     got = lm.run(batch, capture=["layers.*.resid_post"], logits=None).cache
     max_diff = max(float((got[s] - r).abs().max()) for s, r in zip(layers, ref, strict=True))
+
+    from lmscope.readout import unembed
+
+    def lens():  # W2: every layer's last-token residual through the final norm and the head
+        c = lm.run(batch, capture={"layers.*.resid_post": "last"}, logits=None).cache
+        return unembed(lm, torch.stack([c[s].reshape(len(ids), -1, lm.d_model)[:, -1] for s in layers]))
+
+    ablate_edit = ls.Zero(site=f"layers.{ABL_LAYER}.mlp.neurons[{ABL_NEURON}]")
+
+    def ablate():  # W4: clean and ablated next-token logits
+        clean = lm.run(batch).logits
+        return lm.run(batch, edits=[ablate_edit]).logits - clean
+
+    lens_diff = float((lens() - ref_logit_lens(hf, ids)).abs().max())
+    abl_diff = float((ablate() - ref_ablation_delta(hf, ids)).abs().max())
 
     def hf_gen(**kw):
         return hf.generate(gen_ids, attention_mask=torch.ones_like(gen_ids), max_new_tokens=GEN_NEW,
@@ -107,6 +123,10 @@ def main() -> None:
         "lmscope_noop_edit": lambda: lm.run(batch, edits=[ls.Add(site="layers.3.resid_post", vector=torch.zeros(lm.d_model))]),
         "lmscope_capture_resid_logits": lambda: lm.run(batch, capture=["layers.*.resid_post"]),
         "lmscope_capture_resid_no_logits": lambda: lm.run(batch, capture=["layers.*.resid_post"], logits=None),
+        "hf_hooks_logit_lens": lambda: ref_logit_lens(hf, ids),
+        "lmscope_logit_lens": lens,
+        "hf_hooks_ablate_neuron": lambda: ref_ablation_delta(hf, ids),
+        "lmscope_ablate_neuron": ablate,
     }, args.repeats)
     gen = timeit({
         "hf_generate_plain": hf_gen,
@@ -121,11 +141,15 @@ def main() -> None:
         ("capture every resid_post (next-token logits) / HF hooks + logits_to_keep=1", t["lmscope_capture_resid_logits"] / t["hf_hooks_resid_keep1"]),
         ("no-op run / HF forward logits_to_keep=1", t["lmscope_noop_run"] / t["hf_forward_keep1"]),
         ("no-op edit (Add 0 at one layer) / HF forward logits_to_keep=1", t["lmscope_noop_edit"] / t["hf_forward_keep1"]),
+        ("W2 logit lens (every layer, last token) / HF hooks + same unembedding", t["lmscope_logit_lens"] / t["hf_hooks_logit_lens"]),
+        ("W2 logit lens / HF forward (all logits)", t["lmscope_logit_lens"] / t["hf_forward_all_logits"]),
+        ("W4 neuron ablation (clean + ablated) / HF hooks", t["lmscope_ablate_neuron"] / t["hf_hooks_ablate_neuron"]),
         ("steered generate / HF generate (no steering)", t["lmscope_generate_steer"] / t["hf_generate_plain"]),
         ("steered generate / HF generate + plain steering hook", t["lmscope_generate_steer"] / t["hf_generate_steer_hook"]),
     ]
     print(f"\n## lmscope core on {lm.name} ({args.model}), torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"correctness: max |lmscope resid - hook reference| = {max_diff}; steered tokens equal HF hook: {same_tokens}")
+    print(f"correctness: max |lmscope - plain-hook reference|: resid {max_diff}, logit lens {lens_diff}, "
+          f"ablation delta {abl_diff}; steered tokens equal HF hook: {same_tokens}")
     print(f"captured {captured_mb:.1f} MiB for {lm.n_layers} layers x {tuple(ids.shape)} (only what was asked)\n")
     print("| workload | median s |\n|---|---|")
     for k, v in t.items():
@@ -147,8 +171,12 @@ def main() -> None:
                 continue
             if key.startswith("W1"):
                 hf_ref, ours = t["hf_forward_all_logits"], t["lmscope_capture_resid_no_logits"]
+            elif key.startswith("W2"):
+                hf_ref, ours = t["hf_hooks_logit_lens"], t["lmscope_logit_lens"]
             elif key == "W3_generate_steer":
                 hf_ref, ours = t["hf_generate_plain"], t["lmscope_generate_steer"]
+            elif key.startswith("W4"):
+                hf_ref, ours = t["hf_hooks_ablate_neuron"], t["lmscope_ablate_neuron"]
             else:
                 continue
             s_ = entry["median_s"]

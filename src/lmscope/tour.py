@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from .models import Model
 
@@ -42,22 +41,25 @@ def step_steer(lm: Model, ctx: TourContext) -> dict:
     """A contrastive steering vector (positive - negative sentences of the shipped sentiment
     set), added during generation, next to a random direction of the same norm."""
     from .contrast_data import load_contrast
-    from .steering import random_vector, steer_edits
+    from .steering import make_task, random_vector, steer_edits
     from .vectors import extract
 
     layer = round(0.78 * (lm.n_layers - 1))  # gemma-3-270m: 13 of 0..17, where the sweep recommends 13-14
     coef = 0.25  # relative to the typical residual norm at that layer
-    v = extract(lm, load_contrast("sentiment").head(24), layers=(layer,))
+    v = extract(lm, load_contrast("sentiment").split(0.25, 0)[0].head(24), layers=(layer,))
     prompt = "The weather today is"
     arms = {"baseline": [], "vector": steer_edits(v, layer, coef),
             "random": steer_edits(random_vector(v, layer, seed=0), layer, coef)}
     texts = {k: lm.generate(prompt, edits=e, max_new_tokens=16).texts[0] for k, e in arms.items()}
+    metric = make_task("sentiment", n_eval=8).absent  # 8 neutral prompts, log p(positive)/p(negative) words
+    scores = {k: metric(lm, e)["score"] for k, e in arms.items()}
     ctx.say(f"Sentiment vector (mean positive - mean negative, last token) at layers.{layer}.resid_post, "
             f"coefficient {coef} of the residual norm:")
     ctx.say("  in token space: " + " ".join(repr(t["token"]) for t in v.top_tokens(lm, layer, k=6)["top"]))
     for k, t in texts.items():
         ctx.say(f"  {k + ':':10s}{prompt}{t}".replace("\n", "⏎"))
-    return {"prompt": prompt, "layer": layer, "coef": coef, "generations": texts}
+    ctx.say(f"  {metric.name} on 8 neutral prompts: " + ", ".join(f"{k} {v:+.2f}" for k, v in scores.items()))
+    return {"prompt": prompt, "layer": layer, "coef": coef, "generations": texts, "sentiment_score": scores}
 
 
 def step_function_vector(lm: Model, ctx: TourContext) -> dict:

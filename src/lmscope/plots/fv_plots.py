@@ -12,28 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ._mpl import pyplot, save
 
 if TYPE_CHECKING:
     from ..function_vectors import Composition, LayerSweep
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_plt = pyplot
 
 
 def _save(fig, path) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _plt().close(fig)
-    return str(path)
+    return str(save(fig, path, bbox_tight=True))
 
 
 def _sweep_axes(ax, sw: LayerSweep, title: str | None = None) -> None:

@@ -9,19 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._mpl import pyplot, save
+
 if TYPE_CHECKING:
     from ..backpatch import BackpatchResult
     from ..decompose import Attribution, TokenEditResult
     from ..patchscopes import EntitySweep, IdentitySweep
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_plt = pyplot
 
 
 def _int_ticks():
@@ -30,13 +26,7 @@ def _int_ticks():
     return MaxNLocator(integer=True)
 
 
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _plt().close(fig)
-    return path
+_save = save
 
 
 def _what(attr: Attribution) -> str:

@@ -12,28 +12,18 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._mpl import pyplot, save
+
 if TYPE_CHECKING:
     from ..latent_language import LatentLanguageResult
     from ..lens import LensResult
     from ..tuned_lens import LensComparison
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_plt = pyplot
 
 
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _plt().close(fig)
-    return path
+_save = save
 
 
 def _int_layers(ax) -> None:

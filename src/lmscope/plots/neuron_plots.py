@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._mpl import pyplot
+
 
 def _colour(a: float, scale: float) -> str:
     """Orange for positive activations, blue for negative, alpha ~ |a| / scale."""
@@ -90,13 +92,7 @@ def write_examples_html(path: str | os.PathLike, title: str, examples: Sequence[
     return p
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_plt = pyplot
 
 
 def plot_ablation_curve(curve: dict, path: str | os.PathLike, *, title: str = "") -> Path:

@@ -3,29 +3,20 @@ per-layer profile of a vector (relative norm, held-out separation). PNG via matp
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ._mpl import pyplot, save
 
 if TYPE_CHECKING:
     from ..steering import SweepResult, VerifyReport
     from ..vectors import Vector
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_plt = pyplot
 
 
 def _save(fig, path) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _plt().close(fig)
-    return str(path)
+    return str(save(fig, path, bbox_tight=True))
 
 
 def plot_sweep(result: SweepResult, path, *, title: str | None = None) -> str:
