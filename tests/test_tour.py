@@ -14,6 +14,13 @@ def test_tour_steps_are_unique_and_documented():
     assert all(fn.__doc__ or k == "next_token" for k, _, fn in STEPS)
 
 
+def test_unknown_step_is_an_error_naming_the_steps(tmp_path):
+    from lmscope.errors import InputError
+
+    with pytest.raises(InputError, match="logit_lens"):
+        run_tour(None, TourContext(tmp_path), ["logit-lens"])
+
+
 @pytest.mark.slow
 def test_tour_on_gemma(gemma, tmp_path):
     said = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from .errors import InputError
 from .models import Model
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ STEPS: list[tuple[str, str, Callable[[Model, TourContext], dict]]] = [
 
 def run_tour(lm: Model, ctx: TourContext, only: list[str] | None = None) -> dict:
     """Run every step (or `only` those named); returns {step: result}."""
+    known = [k for k, _, _ in STEPS]
+    unknown = [k for k in only or () if k not in known]
+    if unknown:
+        raise InputError(f"Unknown tour step(s) {', '.join(unknown)}; the steps are {', '.join(known)}.")
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     for key, title, fn in STEPS:
         if only and key not in only:
