@@ -142,7 +142,9 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
     ctx.say(f"Neuron {layer}.{n}: its output weights through the final norm and the unembedding")
     ctx.say("  promotes: " + " ".join(repr(t) for t, _ in dec["out"]))
     rec = record(lm, f"layers.{layer}.mlp.neurons[{n}]", config=RecordConfig(max_tokens=2000))
-    ex = rec.examples(layer, n, lm.tokenizer, k=3)
+    examples = rec.examples(layer, n, lm.tokenizer)  # highest first: the HTML page shows all, the console 3
+    stats = rec.neuron_stats(layer, n)
+    ex = examples[:3]
     ctx.say(f"  fires most on ({rec.n_tokens} tokens of the shipped corpus; [[max]] marked):")
     for e in ex:
         toks = list(e.tokens)
@@ -151,8 +153,7 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
     from .plots.neuron_plots import write_examples_html
 
     html = write_examples_html(ctx.out_dir / f"neuron_{layer}_{n}.html", f"{lm.name} layers.{layer}.mlp.neurons[{n}]",
-                               [e.to_dict() for e in rec.examples(layer, n, lm.tokenizer)],
-                               stats=rec.neuron_stats(layer, n), decoding=dec)
+                               [e.to_dict() for e in examples], stats=stats, decoding=dec)
     control = (layer, (n + lm.d_mlp // 2) % lm.d_mlp)  # another neuron of the same layer
     effects = {}
     for name, neuron in (("neuron", (layer, n)), ("control", control)):
@@ -161,7 +162,7 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
         ctx.say(f"  zero-ablating {neuron[0]}.{neuron[1]} ({name}): logit(' these') - logit(' this') "
                 f"{eff.ld_before:+.2f} -> {eff.ld_after:+.2f}")
     return {"layer": layer, "neuron": n, "decoding": dec, "examples": [e.to_dict() for e in ex],
-            "stats": rec.neuron_stats(layer, n), "html": str(html), "ablation": effects}
+            "stats": stats, "html": str(html), "ablation": effects}
 
 
 STEPS: list[tuple[str, str, Callable[[Model, TourContext], dict]]] = [
