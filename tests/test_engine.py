@@ -9,6 +9,8 @@ import lmscope as ls
 from lmscope.arch import get_module
 from lmscope.hooks import hook_count
 
+from generation_check import POSITION_FORMS, add_edit, check_cached_generation
+
 PROMPTS = ["hello world, this is", "hi there"]
 
 
@@ -170,18 +172,11 @@ def test_gradients_on_request(tiny):
     assert not default.cache["layers.1.resid_post"].requires_grad
 
 
-def test_cached_generation_steering_equals_recomputation(tiny):
-    v = torch.randn(tiny.d_model) * 3
-    edit = ls.Add(site="layers.1.resid_post", vector=v)
-    gen = tiny.generate(PROMPTS, edits=[edit], max_new_tokens=6, min_new_tokens=6)
-    full = gen.sequences
-    mask = torch.cat([gen.batch.attention_mask, torch.ones_like(gen.tokens)], 1)
-    batch = ls.Batch(full, mask, PROMPTS)
-    re = tiny.run(batch, edits=[edit], logits="all").logits
-    P = gen.batch.input_ids.shape[1]
-    re[..., tiny.tokenizer.eos_token_id] = -torch.inf  # min_new_tokens forbade EOS during generation
-    pred = re[:, P - 1 : -1].argmax(-1)
-    assert torch.equal(pred, gen.tokens)
+@pytest.mark.parametrize("form", POSITION_FORMS)
+def test_cached_generation_equals_recomputation_for_every_position_form(tiny, form):
+    scale = 30.0 * float(tiny.run(PROMPTS, capture={"layers.0.resid_post": "last"}, logits=None)
+                         .cache["layers.0.resid_post"].norm(dim=-1).mean())
+    check_cached_generation(tiny, PROMPTS, add_edit(tiny, form, len(PROMPTS), layer=0, scale=scale))
 
 
 def test_generated_positions_only_touch_new_tokens(tiny):

@@ -144,15 +144,15 @@ def test_last_token_scorer_equals_full_forwards(tiny):
     ids = torch.tensor([5, 9, 11, 13])
     sc = T.LastTokenScorer(tiny, prompts, ids, batch_size=3)
     for edits_fast, edits_full in [([], []),
-                                   ([F.vector_edit(v, 1, scale=3.0, positions="all")],
+                                   ([F.vector_edit(v, 1, scale=3.0, positions="last")],
                                     [F.vector_edit(v, 1, scale=3.0, positions="last")]),
-                                   ([F.vector_edit(v, 0, mode="replace", positions="all")],
+                                   ([F.vector_edit(v, 0, mode="replace", positions="last")],
                                     [F.vector_edit(v, 0, mode="replace", positions="last")])]:
         a, b = sc.score(edits_fast), T.score(tiny, prompts, ids, edits=edits_full)
         torch.testing.assert_close(a.prob, b.prob, atol=1e-6, rtol=1e-4)
         assert torch.equal(a.top, b.top)
-    with pytest.raises(InputError, match="positions='all'"):
-        sc.score([F.vector_edit(v, 1, positions="last")])
+    with pytest.raises(InputError, match="positions='last'"):
+        sc.score([F.vector_edit(v, 1, positions="all")])
 
 
 def test_heads_vector_sums_the_top_heads_mean_outputs(tmp_path):

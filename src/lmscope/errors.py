@@ -26,3 +26,8 @@ class InputError(LmscopeError):
 
 class ArtifactError(LmscopeError):
     """A saved artifact is missing, corrupt, or was made for another model."""
+
+
+class EngineError(LmscopeError):
+    """The engine cannot follow a forward (e.g. it cannot tell which absolute positions a
+    forward computes): an incompatibility with the installed transformers, never a user error."""

@@ -218,7 +218,7 @@ def indirect_effects(lm: Model, prompts: Sequence[str], targets: Tensor, mean_z:
     base = scorer.score().prob  # [n]
     aie = torch.full((lm.n_layers, h), float("nan"))
     for lay in tqdm(layers, disable=not progress, desc="heads (AIE)", leave=False):
-        ed = Apply(site=f"layers.{lay}.attn.z", fn=_per_row_heads(mean_z[lay], h), positions="all", name="mean-head")
+        ed = Apply(site=f"layers.{lay}.attn.z", fn=_per_row_heads(mean_z[lay], h), positions="last", name="mean-head")
         p = scorer.score([ed], rep=h).prob.reshape(n, h)
         aie[lay] = (p - base[:, None]).mean(0)
     return aie
@@ -377,7 +377,7 @@ def evaluate(lm: Model, vector: Vector, task: str | T.Task | TaskData | None = N
 
     def run(v: Vector | Tensor | None, lay: int = 0) -> T.Score:
         if scorer is not None:  # only the last token changes: the prefix ran once (KV cache)
-            eds = [] if v is None else [vector_edit(v, lay, scale=scale, positions="all", mode=mode)]
+            eds = [] if v is None else [vector_edit(v, lay, scale=scale, positions="last", mode=mode)]
             return scorer.score(eds)
         eds = [] if v is None else [vector_edit(v, lay, scale=scale, positions=positions, mode=mode)]
         return T.score(lm, zp, ids, edits=eds, batch_size=batch_size)

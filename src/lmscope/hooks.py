@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from . import norms
 from . import positions as P
 from .arch import get_module
-from .errors import InputError, SiteError
+from .errors import EngineError, InputError, SiteError
 from .interventions import Edit, EditContext
 from .sites import CAPTURE_ONLY, Site
 
@@ -149,12 +149,51 @@ class Cache:
         return f"Cache({shapes})"
 
 
+def find_kv_cache(kwargs: dict):
+    """The KV cache object among a forward's keyword arguments, found by its type (transformers
+    has renamed the argument: `past_key_values` up to 5.23, `cache` from 5.24), or None.
+
+    Raises EngineError when an argument looks like a cache but is not a `Cache` object (a legacy
+    tuple cache, an unknown type): the engine could not tell the absolute positions."""
+    from transformers.cache_utils import Cache as HFCache
+
+    for key, val in kwargs.items():
+        if isinstance(val, HFCache):
+            return val
+    for key, val in kwargs.items():
+        if val is None or isinstance(val, bool) or key in ("use_cache", "cache_position", "cache_implementation"):
+            continue
+        if "cache" in key or "past" in key:
+            raise EngineError(
+                f"The forward got {key}={type(val).__name__}, which lmscope does not recognise as a KV cache, so it "
+                "cannot tell which token positions this forward computes. Pass a transformers `Cache` object "
+                "(e.g. DynamicCache) or run without a cache."
+            )
+    return None
+
+
 class _State:
-    """Per-forward chunk state, refreshed by a pre-hook on the root module."""
+    """Per-forward chunk state, refreshed by a pre-hook on the root module.
+
+    The absolute column of a forward's first token (its offset) comes from the KV cache object's
+    length (found by type, whatever the keyword is called), cross-checked against `cache_position`
+    and a 2-D attention mask when the caller passes them; a forward with neither a cache nor a
+    mask starts at column 0. The prompt length and each row's left padding are taken from the
+    forward that starts at column 0 and kept for the cached forwards that follow (generation may
+    drop the mask). A context that sees a cached forward whose prompt it never saw refuses
+    prompt-relative positions (`positions.resolve`) instead of guessing.
+    """
 
     def __init__(self) -> None:
         self.chunk: P.ChunkState | None = None
-        self.prompt_len = 0
+        self.prompt_len: int | None = None
+        self.pad: Tensor | None = None
+        self.declared = False
+
+    def set_prompt(self, prompt_len: int, pad: Tensor) -> None:
+        """Declare the prompt of every forward to come (the prefix-cached run; recomputing a
+        generation without the cache): forwards starting at column 0 then keep it."""
+        self.prompt_len, self.pad, self.declared = prompt_len, pad, True
 
     def update(self, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -163,18 +202,38 @@ class _State:
         if ids is None:
             return
         b, t = ids.shape[:2]
+        cache = find_kv_cache(kwargs)
+        offset = int(cache.get_seq_length()) if cache is not None else 0
+        cpos = kwargs.get("cache_position")
+        if isinstance(cpos, Tensor) and cpos.numel() and int(cpos.reshape(-1)[0]) != offset:
+            raise EngineError(f"cache_position starts at {int(cpos.reshape(-1)[0])} but the KV cache holds {offset} "
+                              "tokens; lmscope cannot tell which positions this forward computes.")
         mask = kwargs.get("attention_mask")
         if isinstance(mask, Tensor) and mask.dim() == 2:
+            if cache is None and mask.shape[1] != t:
+                raise EngineError(f"The attention mask covers {mask.shape[1]} columns but the forward has {t} tokens "
+                                  "and no KV cache lmscope can read.")
+            if cache is not None and mask.shape[1] != offset + t:
+                raise EngineError(f"The attention mask covers {mask.shape[1]} columns but the KV cache holds {offset} "
+                                  f"tokens and the forward adds {t}.")
             mask = mask.bool()
-            offset = mask.shape[1] - t
+            pad = (mask.long().cumsum(1) == 0).sum(1)
+            valid = mask[:, offset:]
         else:
-            past = kwargs.get("past_key_values")
-            offset = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
-            mask = torch.ones(b, offset + t, dtype=torch.bool, device=ids.device)
-        if offset == 0:
+            pad = None
+            valid = torch.ones(b, t, dtype=torch.bool, device=ids.device)
+        if offset == 0 and not self.declared:
             self.prompt_len = t
-        pad = (mask.long().cumsum(1) == 0).sum(1)
-        self.chunk = P.ChunkState(offset, t, self.prompt_len, pad, mask[:, offset:])
+            self.pad = pad if pad is not None else torch.zeros(b, dtype=torch.long, device=ids.device)
+        if pad is None:
+            pad = self.pad if self.pad is not None else torch.zeros(b, dtype=torch.long, device=ids.device)
+            if pad.shape[0] != b:
+                if bool((pad == 0).all()):
+                    pad = torch.zeros(b, dtype=torch.long, device=ids.device)
+                else:
+                    raise EngineError(f"A cached forward of {b} rows continues a padded prompt of {pad.shape[0]} rows "
+                                      "without an attention mask; pass attention_mask.")
+        self.chunk = P.ChunkState(offset, t, self.prompt_len, pad, valid)
 
 
 def _get(p: _Point, args, kwargs, output) -> Tensor:
@@ -384,6 +443,7 @@ def hooked(
     to_cpu: bool = False,
     grad: bool = False,
     stop_at_layer: int | None = None,
+    prompt: tuple[int, Tensor] | None = None,
 ) -> Iterator[Cache]:
     """Capture and/or edit sites for every forward run inside the block.
 
@@ -395,6 +455,8 @@ def hooked(
         to_cpu: Move captured tensors to the CPU as they are recorded.
         grad: Keep captured tensors in the autograd graph (`.grad` is retained).
         stop_at_layer: Raise `StopForward` after this block (used by `runner.run`).
+        prompt: (padded prompt length, left padding per row) of cached forwards whose prompt
+            ran outside this context (used by `runner.PrefixRun`).
 
     Yields:
         The `Cache` that fills as forwards run.
@@ -419,6 +481,8 @@ def hooked(
             edit.bind(feat, site, model.device, model.dtype)
             bound.append((site, edit))
     engine = _Engine(model, grad)
+    if prompt is not None:
+        engine.state.set_prompt(*prompt)
     _ACTIVE[id(model.hf)] += 1
     try:
         engine.install(bound, caps, stop_at_layer)

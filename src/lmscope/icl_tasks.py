@@ -25,7 +25,6 @@ Hendel et al. 2023 score the same way).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .runner import PrefixRun
 
 if TYPE_CHECKING:
     from .interventions import Edit
@@ -325,49 +325,23 @@ def score(lm: Model, prompts: Sequence[str], targets: Tensor, *, edits: Sequence
 
 class LastTokenScorer:
     """Score many edited variants of the same prompts when every edit touches only the last
-    token: the prefix (all tokens but the last) runs once with the KV cache, each variant runs
-    one token per prompt. Equal to full forwards up to float rounding (tested), several times
-    cheaper for few-shot prompts.
-
-    In the one-token pass the only position is the last prompt token, so edits must be built
-    with `positions="all"` (an edit with another position spec is refused).
+    token (the engine's prefix-cached run, `runner.PrefixRun`): the prefix runs once with the KV
+    cache, each variant runs one token per prompt. Equal to full forwards up to float rounding
+    (tested), several times cheaper for few-shot prompts. Edits use positions="last".
     """
 
     def __init__(self, lm: Model, prompts: Sequence[str], targets: Tensor, *, batch_size: int = 32) -> None:
         if len(prompts) != len(targets):
             raise InputError(f"{len(prompts)} prompts but {len(targets)} targets.")
         self.lm = lm
-        self.chunks = []
-        with torch.inference_mode():
-            for i in range(0, len(prompts), batch_size):
-                b = lm.tokenize(list(prompts[i:i + batch_size]))
-                ids, mask, pos = b.input_ids, b.attention_mask, b.position_ids
-                if ids.shape[1] < 2:
-                    raise InputError("LastTokenScorer needs prompts of at least two tokens.")
-                past = lm.hf(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                             use_cache=True).past_key_values
-                self.chunks.append((ids[:, -1:], mask, pos[:, -1:], past, targets[i:i + batch_size]))
+        self.targets = targets
+        self.prefix = PrefixRun(lm, list(prompts), batch_size=batch_size)
 
     def score(self, edits: Sequence[Edit] = (), *, rep: int = 1) -> Score:
         """Score with `edits`; `rep > 1` repeats every prompt `rep` times (rows prompt-major:
         row = i * rep + j), e.g. one row per head for a per-row `Apply` edit."""
-        for e in edits:
-            if e.positions != "all":
-                raise InputError("LastTokenScorer runs only the last token: build its edits with positions='all'.")
-        correct, prob, top = [], [], []
-        r = (lambda t: t.repeat_interleave(rep, 0)) if rep > 1 else (lambda t: t)
-        with torch.inference_mode():
-            for ids, mask, pos, past, tgt in self.chunks:
-                cache = copy.deepcopy(past)
-                if rep > 1:
-                    cache.batch_repeat_interleave(rep)
-                with self.lm.intervene(list(edits)):
-                    out = self.lm.hf(input_ids=r(ids), attention_mask=r(mask), position_ids=r(pos),
-                                     past_key_values=cache, use_cache=True, logits_to_keep=1)
-                logits = out.logits[:, -1].float()  # [rows, d_vocab]
-                t = r(tgt.to(logits.device))
-                am = logits.argmax(-1)
-                top.append(am.cpu())
-                correct.append((am == t).cpu())
-                prob.append(logits.softmax(-1).gather(1, t[:, None])[:, 0].cpu())
-        return Score(torch.cat(correct), torch.cat(prob), torch.cat(top))
+        logits = self.prefix.logits(edits, rep=rep)  # [rows, d_vocab]
+        t = self.targets.to(logits.device).repeat_interleave(rep, 0)
+        am = logits.argmax(-1)
+        prob = logits.softmax(-1).gather(1, t[:, None])[:, 0]
+        return Score((am == t).cpu(), prob.cpu(), am.cpu())

@@ -213,11 +213,13 @@ def read_states(
         lse = _logsumexp(z, buf)  # [layer, c]
         lse_f = lse[-1] if final is None else torch.logsumexp(zf, -1)  # [c]
         pf = (zf - lse_f[:, None]).exp_()  # [c, vocab]
-        # KL(f || l) = sum pf (zf - lse_f) - sum pf z_l + lse_l: one dot product per cell,
-        # no [layer, c, vocab] temporary.
-        neg_h = (pf * zf).sum(-1) - lse_f  # [c]
-        cross = torch.einsum("lcv,cv->lc", z, pf)  # [layer, c]
-        out["kl"].append((neg_h[None] - cross + lse).clamp_min_(0.0))
+        # KL(f || l) = sum pf (zf - z_l) - lse_f + lse_l: one dot product per cell over the
+        # logit *differences* (in the scratch buffer). Dotting pf with z_l and zf separately
+        # loses ~1e-3 nats to float32 accumulation over a 262k vocabulary; the difference is
+        # exactly 0 where the lens reads the model's own last state.
+        torch.sub(zf[None], z, out=buf)
+        cross = torch.einsum("lcv,cv->lc", buf, pf)  # [layer, c]
+        out["kl"].append((cross - lse_f[None] + lse).clamp_min_(0.0))
         tv, ti = topk_last(z, k)  # [layer, c, k]
         out["ti"].append(ti)
         out["tp"].append((tv - lse[..., None]).exp_())

@@ -129,14 +129,13 @@ def last_token_logits(model: Model, prompt: str, values: Tensor, layers: Tensor 
     share the forward: the edit at each layer replaces only its own rows (an `Apply` masked by
     row). Equal to `patched_run` up to float rounding (tested).
     """
-    from .hooks import hooked
     from .interventions import Apply
+    from .runner import PrefixRun
 
-    ids = model.tokenize(prompt).input_ids  # [1, T]
-    t = ids.shape[1]
     n = values.shape[0]
     lay = torch.full((n,), layers) if isinstance(layers, int) else layers.cpu()
     lay = torch.tensor([model.site(f"layers.{int(x)}.resid_post").layer for x in lay])
+    prefix = PrefixRun(model, prompt)
     out = []
     for i in range(0, n, batch_size):
         vals = values[i:i + batch_size].to(model.device, model.dtype)  # [m, d]
@@ -149,20 +148,8 @@ def last_token_logits(model: Model, prompt: str, values: Tensor, layers: Tensor 
             def fn(x, mask=mask, vals=vals):
                 return torch.where(mask, vals[:, None, :], x)
 
-            edits.append(Apply(site=f"layers.{layer}.resid_post", fn=fn, positions=slice(t - 1, t), name="patch"))
-        with torch.inference_mode():
-            if t < 2:  # nothing to cache
-                out.append(model.run([prompt] * m, edits=edits, logits="last").logits.float())
-                continue
-            pre = model.hf(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1)
-            cache = pre.past_key_values
-            cache.batch_repeat_interleave(m)
-            with hooked(model, edits=edits):
-                o = model.hf(input_ids=ids[:, -1:].expand(m, 1), past_key_values=cache,
-                             attention_mask=torch.ones(m, t, dtype=torch.long, device=model.device),
-                             position_ids=torch.full((m, 1), t - 1, device=model.device),
-                             use_cache=True, logits_to_keep=1)
-            out.append(o.logits[:, -1].float())
+            edits.append(Apply(site=f"layers.{layer}.resid_post", fn=fn, positions="last", name="patch"))
+        out.append(prefix.logits(edits, rep=m))
     return torch.cat(out)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import InputError, SiteError
+from .errors import EngineError, InputError, SiteError
 
 PositionSpec = str | int | list | slice | Tensor
 
@@ -34,14 +34,15 @@ class ChunkState:
     Attributes:
         offset: Absolute column of the chunk's first position (tokens already in the KV cache).
         length: Number of positions in this chunk.
-        prompt_len: Padded prompt length P (columns >= P are generated tokens).
+        prompt_len: Padded prompt length P (columns >= P are generated tokens); None when the
+            context never saw the prompt of this cached forward.
         pad: Leading padding per row, LongTensor [batch].
         valid: Non-padding mask of this chunk, BoolTensor [batch, length].
     """
 
     offset: int
     length: int
-    prompt_len: int
+    prompt_len: int | None
     pad: Tensor
     valid: Tensor
 
@@ -101,6 +102,11 @@ def resolve(spec: PositionSpec, st: ChunkState) -> tuple[Tensor, Tensor, Tensor]
     """
     b = st.valid.shape[0]
     dev = st.valid.device
+    if st.prompt_len is None and spec != "all":
+        raise EngineError(
+            f"Positions {spec!r} are counted from the prompt, but this forward continues a KV cache whose prompt "
+            "this lmscope context never saw. Open the context before the prompt's forward (or use positions='all')."
+        )
     cols_1d = torch.arange(st.offset, st.offset + st.length, device=dev)
     pad = st.pad.to(dev)
     if is_dense(spec):

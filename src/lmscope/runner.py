@@ -8,6 +8,8 @@ a capture needs.
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -15,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import EngineError, InputError
 from .hooks import Cache, StopForward, hooked, others_active
 from .interventions import Edit
 from .models import Batch, Model
@@ -153,3 +155,107 @@ def generate(
     new = seq[:, batch.input_ids.shape[1]:]
     texts = model.tokenizer.batch_decode(new, skip_special_tokens=True)
     return GenerateResult(texts, new, seq, batch, cache)
+
+
+# ---- the prefix-cached last-token run ----------------------------------------------------
+
+def cache_keyword(model: Model) -> str:
+    """The name under which this model's forward takes a KV cache (`cache` from transformers
+    5.24, `past_key_values` before)."""
+    params = inspect.signature(model.hf.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise EngineError(f"{type(model.hf).__name__}.forward takes neither `cache` nor `past_key_values`; "
+                      "lmscope cannot run it with a KV cache.")
+
+
+def output_cache(out):
+    """The KV cache returned by a forward (`out.cache`, or `out.past_key_values` before 5.24)."""
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        raise EngineError("The forward returned no KV cache although use_cache=True was passed.")
+    return cache
+
+
+_LAST_ONLY = ("last", -1)
+
+
+class PrefixRun:
+    """Next-token logits of the same prompts under many edit sets that touch only the last
+    prompt token, at the cost of one token per row per edit set.
+
+    Causal attention means nothing before the last token sees an edit there, so every prompt
+    minus its last token runs once (batched, left-padded, KV cache kept); each `logits(edits)`
+    call runs only the last token against a copy of that cache. The result equals a full
+    forward with the same edits (`run(..., edits=edits)`) up to float rounding (tested).
+
+    Edits must use positions "last" or -1 (the last prompt token of every row); anything else
+    would also touch the prefix, which ran without edits, and is refused.
+    """
+
+    def __init__(self, model: Model, prompts: str | Sequence[str] | Batch, *, chat: bool = False,
+                 batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+        self.model = model
+        self.key = cache_keyword(model)
+        batches = ([prompts] if isinstance(prompts, Batch) else
+                   [model.tokenize(list(ps), chat=chat) for ps in _chunks(_prompt_list(prompts), batch_size)])
+        self.chunks = []
+        with torch.inference_mode():
+            for b in batches:
+                ids, mask, pos = b.input_ids, b.attention_mask, b.position_ids
+                pad = (mask.long().cumsum(1) == 0).sum(1)
+                if ids.shape[1] < 2:
+                    self.chunks.append((b, None, pad))
+                    continue
+                out = model.hf(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                               use_cache=True, logits_to_keep=1)
+                self.chunks.append((b, output_cache(out), pad))
+        self.n = sum(c[0].input_ids.shape[0] for c in self.chunks)
+
+    def logits(self, edits: Sequence[Edit] = (), *, rep: int = 1) -> Tensor:
+        """Float logits [n * rep, d_vocab] of the last token with `edits`; `rep > 1` repeats
+        every prompt `rep` times (rows prompt-major: row = i * rep + j), e.g. one row per
+        head or per patched value for an `Apply` edit that reads its row."""
+        for e in edits:
+            if not (isinstance(e.positions, str | int) and e.positions in _LAST_ONLY):
+                raise InputError(f"A prefix-cached run edits only the last prompt token: build edit {e!r} with "
+                                 "positions='last' (or run the prompts with `run(..., edits=...)`).")
+        if rep < 1:
+            raise InputError(f"rep must be at least 1, got {rep}.")
+        r = (lambda t: t.repeat_interleave(rep, 0)) if rep > 1 else (lambda t: t)
+        out = []
+        with torch.inference_mode():
+            for b, past, pad in self.chunks:
+                ids, mask = r(b.input_ids), r(b.attention_mask)
+                t = ids.shape[1]
+                if past is None:  # one-token prompts: nothing to cache
+                    with hooked(self.model, edits=list(edits)):
+                        o = self.model.hf(input_ids=ids, attention_mask=mask, position_ids=r(b.position_ids),
+                                          use_cache=False, logits_to_keep=1)
+                else:
+                    cache = copy.deepcopy(past)
+                    if rep > 1:
+                        cache.batch_repeat_interleave(rep)
+                    with hooked(self.model, edits=list(edits), prompt=(t, r(pad))):
+                        o = self.model.hf(input_ids=ids[:, -1:], attention_mask=mask,
+                                          position_ids=r(b.position_ids)[:, -1:], use_cache=True,
+                                          logits_to_keep=1, **{self.key: cache})
+                out.append(o.logits[:, -1].float())
+        return torch.cat(out)
+
+
+def _prompt_list(prompts) -> list[str]:
+    ps = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not ps:
+        raise InputError("No prompts given; pass at least one non-empty string.")
+    return ps
+
+
+def _chunks(xs: list, n: int):
+    for i in range(0, len(xs), n):
+        yield xs[i:i + n]
