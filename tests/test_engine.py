@@ -221,3 +221,40 @@ def test_attention_pattern_capture_restores_sdpa(tiny):
     assert pat.shape[:2] == (2, tiny.n_heads)
     assert torch.allclose(pat.sum(-1)[:, :, -1], torch.ones(2, tiny.n_heads), atol=1e-5)
     assert tiny.hf.config._attn_implementation == before
+
+
+def test_prefix_run_equals_full_forwards_and_refuses_edits_before_the_last_token(tiny):
+    from lmscope.runner import PrefixRun
+
+    v = torch.randn(tiny.d_model) * 3
+    edit = ls.Add(site="layers.1.resid_post", vector=v, positions="last")
+    pre = PrefixRun(tiny, PROMPTS, batch_size=1)  # one row per chunk: padding differs per chunk
+    torch.testing.assert_close(pre.logits(), tiny.run(PROMPTS, logits="last").logits.float(), atol=1e-5, rtol=1e-4)
+    full = tiny.run(PROMPTS, edits=[edit], logits="last").logits.float()
+    torch.testing.assert_close(pre.logits([edit]), full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(PrefixRun(tiny, PROMPTS).logits([edit], rep=3), full.repeat_interleave(3, 0),
+                               atol=1e-5, rtol=1e-4)
+    assert (pre.logits([edit]) - pre.logits()).abs().max() > 1e-3  # the edit did something
+    with pytest.raises(ls.InputError, match="positions='last'"):
+        pre.logits([ls.Add(site="layers.1.resid_post", vector=v, positions="all")])
+
+
+def test_engine_refuses_a_cache_it_cannot_read(tiny):
+    from lmscope.errors import EngineError
+
+    batch = tiny.tokenize(PROMPTS[0])
+    with tiny.intervene(ls.Add(site="layers.0.resid_post", vector=torch.zeros(tiny.d_model), positions="last")):
+        with pytest.raises(EngineError, match="KV cache"):
+            tiny.hf(input_ids=batch.input_ids, past_key_values=((torch.zeros(1), torch.zeros(1)),), use_cache=True)
+
+
+def test_cached_forward_whose_prompt_was_not_seen_refuses_prompt_positions(tiny):
+    from lmscope.errors import EngineError
+    from lmscope.runner import cache_keyword, output_cache
+
+    batch = tiny.tokenize(PROMPTS[0])
+    with torch.no_grad():
+        cache = output_cache(tiny.hf(input_ids=batch.input_ids[:, :-1], use_cache=True))
+        edit = ls.Add(site="layers.0.resid_post", vector=torch.ones(tiny.d_model), positions="last")
+        with tiny.intervene(edit), pytest.raises(EngineError, match="never saw"):
+            tiny.hf(input_ids=batch.input_ids[:, -1:], use_cache=True, **{cache_keyword(tiny): cache})

@@ -13,6 +13,8 @@ import torch
 import lmscope as ls
 from lmscope.arch import get_module
 
+from generation_check import POSITION_FORMS, add_edit, check_cached_generation
+
 pytestmark = pytest.mark.slow
 PROMPTS = ["The capital of Poland is", "Once upon a time, in a small village by the sea, there"]
 
@@ -68,19 +70,16 @@ def test_gemma_capital_of_poland(gemma):
     assert top[0]["token"] == " Warsaw"
 
 
-def test_cached_steered_generation_equals_recomputation(smollm):
-    v = torch.randn(smollm.d_model, generator=torch.Generator().manual_seed(0))
-    edit = ls.Add(site="layers.15.resid_post", vector=v / v.norm() * 8)
-    prompts = ["Tell me about the ocean.", "My favourite food is"]
-    gen = smollm.generate(prompts, edits=[edit], max_new_tokens=12, min_new_tokens=12)
-    plain = smollm.generate(prompts, max_new_tokens=12, min_new_tokens=12)
-    assert not torch.equal(gen.tokens, plain.tokens), "the steering vector should change the greedy text"
-    mask = torch.cat([gen.batch.attention_mask, torch.ones_like(gen.tokens)], 1)
-    logits = smollm.run(ls.Batch(gen.sequences, mask, prompts), edits=[edit], logits="all").logits
-    P = gen.batch.input_ids.shape[1]
-    logits[..., smollm.tokenizer.eos_token_id] = -torch.inf  # min_new_tokens forbade EOS during generation
-    agree = (logits[:, P - 1 : -1].argmax(-1) == gen.tokens).float().mean()
-    assert agree == 1.0
+@pytest.mark.parametrize("form", POSITION_FORMS)
+@pytest.mark.parametrize("name", ["gemma", "smollm"])
+def test_cached_generation_equals_recomputation_for_every_position_form(request, name, form):
+    model = request.getfixturevalue(name)
+    prompts = ["Tell me about the ocean and the", "My favourite food is a dish that"]
+    layer = model.n_layers // 2
+    norm = model.run(prompts, capture={f"layers.{layer}.resid_post": "last"}, logits=None) \
+        .cache[f"layers.{layer}.resid_post"].norm(dim=-1).mean()
+    edit = add_edit(model, form, len(prompts), layer=layer, scale=4.0 * float(norm))
+    check_cached_generation(model, prompts, edit, new=8, tokens_must_change=True)
 
 
 def test_chat_template_and_local_folder_and_bfloat16(smollm, tmp_path):
