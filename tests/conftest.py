@@ -94,3 +94,9 @@ def smollm():
     import lmscope
 
     return lmscope.load("smollm2-135m-instruct")
+
+
+@pytest.fixture
+def tiny_llama():
+    """One tiny random llama (for tests that need a model but no family sweep)."""
+    return make_tiny("llama")

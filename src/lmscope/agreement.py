@@ -16,11 +16,11 @@ never saw. The side effect is KL(clean || ablated) on the shipped neutral prompt
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 
 from . import neuron_causal as nc
+from . import textfiles
 from .errors import InputError
 from .models import Model
 
@@ -28,7 +28,7 @@ from .models import Model
 def agreement_rows() -> list[dict]:
     """The shipped agreement pairs."""
     path = resources.files("lmscope").joinpath("data", "singular_plural_agreement.jsonl")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [rec for _, rec in textfiles.read_jsonl(str(path))]
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .artifacts import temp_path
 from .errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
@@ -125,8 +126,7 @@ def write_atlas(path: str | Path, lm: Model, table: NeuronTopK) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    tmp = temp_path(path)
     t0 = time.perf_counter()
     kinds = sorted(table.kinds, key=KIND_CODES.get)  # key order: rows go in as appends
     d_mlp, k = lm.d_mlp, table.ids[kinds[0]].shape[-1]

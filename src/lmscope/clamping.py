@@ -24,6 +24,7 @@ from importlib import resources
 import torch
 from torch import Tensor
 
+from . import textfiles
 from .errors import InputError
 from .interventions import Set
 from .models import Model
@@ -179,7 +180,7 @@ def _data_lines(name: str) -> list[str]:
     path = resources.files("lmscope").joinpath("data", name)
     if not path.is_file():
         raise InputError(f"The data file lmscope/data/{name} is missing from this install.")
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return textfiles.read_lines(str(path))
 
 
 @dataclass

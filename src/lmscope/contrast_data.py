@@ -22,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from . import textfiles
 from .errors import InputError
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -145,24 +147,55 @@ class ContrastSet:
         return self.subset(list(range(min(n, len(self.positive)))), list(range(min(n, len(self.negative)))))
 
 
+def _fields(items, keys: tuple[str, ...], name: str) -> list[tuple[str, ...]]:
+    """Each item as a tuple of `keys`: a mapping with those keys (the shape of the shipped
+    JSONL records) or a tuple/list of exactly that many texts."""
+    if isinstance(items, str | bytes | Mapping):
+        raise InputError(f"Contrast set {name!r}: expected a list of items, got one {type(items).__name__}.")
+    out = []
+    shape = "(" + ", ".join(keys) + ")"
+    for i, it in enumerate(items):
+        if isinstance(it, Mapping):
+            missing = [k for k in keys if k not in it]
+            if missing:
+                raise InputError(f"Contrast set {name!r}, item {i}: the mapping lacks {', '.join(map(repr, missing))}; "
+                                 f"expected keys {', '.join(map(repr, keys))} (or a tuple {shape}).")
+            it = tuple(it[k] for k in keys)
+        elif isinstance(it, tuple | list) and len(it) == len(keys):
+            it = tuple(it)
+        else:
+            raise InputError(f"Contrast set {name!r}, item {i}: expected a tuple {shape} or a mapping with those "
+                             f"keys, got {type(it).__name__} {str(it)[:80]!r}.")
+        _check_texts(list(it), name)
+        out.append(it)
+    if not out:
+        raise InputError(f"Contrast set {name!r} is empty; pass at least one item.")
+    return out
+
+
 def from_pairs(pairs, name: str = "pairs") -> ContrastSet:
-    """A pairs set from `[(positive, negative), ...]`."""
-    pairs = list(pairs)
-    _check_texts([t for p in pairs for t in p], name)
-    return ContrastSet(name, "pairs", tuple(p for p, _ in pairs), tuple(n for _, n in pairs))
+    """A pairs set from `[(positive, negative), ...]` or `[{"positive": ..., "negative": ...}, ...]`."""
+    rows = _fields(pairs, ("positive", "negative"), name)
+    return ContrastSet(name, "pairs", tuple(p for p, _ in rows), tuple(n for _, n in rows))
 
 
 def from_completions(items, name: str = "completions") -> ContrastSet:
-    """A completions set from `[(prompt, positive_completion, negative_completion), ...]`."""
-    items = list(items)
-    _check_texts([t for it in items for t in it], name)
-    return ContrastSet(name, "completions", tuple(i[1] for i in items), tuple(i[2] for i in items),
-                       tuple(i[0] for i in items))
+    """A completions set from `[(prompt, positive_completion, negative_completion), ...]` or
+    mappings with the keys "prompt", "positive", "negative"."""
+    rows = _fields(items, ("prompt", "positive", "negative"), name)
+    return ContrastSet(name, "completions", tuple(r[1] for r in rows), tuple(r[2] for r in rows),
+                       tuple(r[0] for r in rows))
 
 
 def from_sets(positive, negative, name: str = "sets") -> ContrastSet:
     """An unpaired set from two lists of prompts (counts may differ; mean-diff only)."""
+    for side, texts in (("positive", positive), ("negative", negative)):
+        if isinstance(texts, str | bytes | Mapping):
+            raise InputError(f"Contrast set {name!r}: {side} must be a list of strings, got one {type(texts).__name__}.")
     positive, negative = list(positive), list(negative)
+    if not positive or not negative:
+        raise InputError(f"Contrast set {name!r} needs at least one positive and one negative text "
+                         f"(got {len(positive)} and {len(negative)}).")
     _check_texts(positive + negative, name)
     return ContrastSet(name, "sets", tuple(positive), tuple(negative))
 
@@ -196,19 +229,7 @@ def dataset_path(source: str | Path) -> Path:
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) for every non-blank line; malformed lines are InputErrors."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}).") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object like {{\"positive\": ..., \"negative\": ...}}, "
-                                 f"got {type(rec).__name__}.")
-            out.append((n, rec))
+    out = textfiles.read_jsonl(path, what="contrast set", example='{"positive": ..., "negative": ...}')
     if not out:
         raise InputError(f"{path} has no records; expected JSON lines.")
     return out

@@ -13,7 +13,6 @@ token in every window and carries attention-sink activations that say nothing ab
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import textfiles
 from .errors import InputError
 from .models import Batch
 
@@ -30,16 +30,7 @@ _SUFFIXES = (".txt", ".jsonl", ".json")
 
 
 def _read_jsonl(path: Path, field: str) -> list[str]:
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{i} is not valid JSON ({e.msg}); expected one object per line.") from e
-        out.append(_text_of(row, field, f"{path}:{i}"))
-    return out
+    return [_text_of(row, field, f"{path}:{i}") for i, row in textfiles.read_jsonl(path, objects=False)]
 
 
 def _text_of(row, field: str, where: str) -> str:
@@ -55,11 +46,11 @@ def _read_file(path: Path, field: str) -> list[str]:
     if path.suffix == ".jsonl":
         return _read_jsonl(path, field)
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = textfiles.read_json(path)
         if not isinstance(data, list):
             raise InputError(f"{path} holds a {type(data).__name__}; expected a JSON list of texts.")
         return [_text_of(r, field, f"{path}[{i}]") for i, r in enumerate(data)]
-    return [path.read_text(encoding="utf-8", errors="replace")]
+    return [textfiles.read_text(path, what="corpus file")]
 
 
 def read_texts(source: str | os.PathLike | Sequence[str] | None = None, *, field: str = "text") -> list[str]:
@@ -102,13 +93,10 @@ def read_prompts(path: str | os.PathLike, *, field: str | None = None) -> list[s
     if not p.is_file():
         raise InputError(f"No prompt file at {p}; pass a .txt (one prompt per line) or .jsonl file.")
     if p.suffix != ".jsonl":
-        out = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        out = textfiles.read_lines(p, what="prompt file")
     else:
         out = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
+        for i, row in textfiles.read_jsonl(p, what="prompt file", objects=False):
             key = field or next((k for k in ("text", "prompt") if isinstance(row, dict) and k in row), None)
             if key is None or not isinstance(row, dict) or not isinstance(row.get(key), str):
                 keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__

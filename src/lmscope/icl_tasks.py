@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from . import textfiles
 from .errors import InputError
 from .runner import PrefixRun
 
@@ -174,15 +175,10 @@ def list_tasks() -> list[str]:
 
 def _read_jsonl(path: Path, name: str) -> list[tuple[str, str]]:
     pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n} is not valid JSON ({e}).") from e
+    for n, row in textfiles.read_jsonl(path, what="task file", objects=False):
         if not isinstance(row, dict) or not isinstance(row.get("input"), str) or not isinstance(row.get("output"), str):
-            raise InputError(f"{path}:{n}: expected an object with string fields 'input' and 'output', got {line!r}.")
+            raise InputError(f"{path}:{n}: expected an object with string fields 'input' and 'output', "
+                             f"got {json.dumps(row)[:200]}.")
         if not row["input"].strip() or not row["output"].strip():
             raise InputError(f"{path}:{n}: 'input' and 'output' must be non-empty.")
         pairs.append((row["input"], row["output"]))

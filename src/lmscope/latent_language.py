@@ -19,7 +19,6 @@ are not all distinct are skipped (the probabilities could not be told apart).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import textfiles
 from .errors import InputError
 from .lens import ROW_BUDGET
 from .models import Model
@@ -179,13 +179,7 @@ def read_pairs(data: str | os.PathLike | Sequence[dict] | None = None) -> list[d
         path = Path(data)
         if not path.is_file():
             raise InputError(f"No translation data at {path}; pass a JSONL file of {{lang: word}} objects.")
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{i} is not valid JSON ({e.msg}).") from e
+        rows = [rec for _, rec in textfiles.read_jsonl(path, what="translation file", objects=False)]
     else:
         rows = list(data)
     for i, r in enumerate(rows):

@@ -14,7 +14,6 @@ seeded shuffle of the labels.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .corpus import _prefix_ids
+from . import textfiles
 from .errors import InputError
 from .models import Model
 from .neurons import neuron_kind
@@ -50,7 +50,7 @@ def load_labelled(source: str | os.PathLike | Sequence[dict]) -> tuple[list[str]
         path = Path(source)
         if not path.is_file():
             raise InputError(f"No labelled data at {path}; expected JSONL with {{'text', 'label'}} rows.")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [rec for _, rec in textfiles.read_jsonl(path, what="labelled data")]
     texts, labels = [], []
     for i, r in enumerate(rows):
         if "text" in r and "label" in r:

@@ -21,7 +21,7 @@ tokens, so `generate` continues from the patched prompt.
 
 from __future__ import annotations
 
-import json
+import os
 import logging
 import random
 import re
@@ -32,6 +32,7 @@ from importlib import resources
 import torch
 from torch import Tensor
 
+from . import textfiles
 from .errors import InputError
 from .interventions import Patch
 from .models import Batch, Model
@@ -46,11 +47,9 @@ DESCRIPTION_PROMPT = ("Syria: Country in the Middle East. Leonardo DiCaprio: Ame
 def read_jsonl(name: str) -> list[dict]:
     """Rows of a JSONL file shipped in `lmscope/data` (or any path)."""
     path = resources.files("lmscope") / "data" / name
-    try:
-        text = path.read_text() if path.is_file() else open(name).read()  # noqa: SIM115
-    except FileNotFoundError:
-        raise InputError(f"No data file {name!r} in lmscope/data and no such path.") from None
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not path.is_file() and not os.path.isfile(name):
+        raise InputError(f"No data file {name!r} in lmscope/data and no such path.")
+    return [rec for _, rec in textfiles.read_jsonl(str(path) if path.is_file() else name)]
 
 
 @dataclass(frozen=True, kw_only=True)
