@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite, real-model tests included.
+# Set up (if needed; setup.sh returns at once when .venv matches requirements/lock.txt) and run
+# the whole test suite, real-model tests included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
