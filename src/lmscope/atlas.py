@@ -32,7 +32,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,9 +167,10 @@ def chunk_rows(lm: Model, config: AtlasConfig) -> int:
 
 
 def decode_layer(lm: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, _w_u: Tensor | None = None,
-                 _buf: Tensor | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+                 _buf: Tensor | None = None, _on_chunk: Callable[[int], None] | None = None
+                 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Top-k tokens of every neuron of one layer: kind -> (ids [d_mlp, k], scores [d_mlp, k]),
-    on the model's device."""
+    on the model's device. `_on_chunk(rows)` is called after each chunk (progress)."""
     w_u = _unembed_matrix(lm) if _w_u is None else _w_u
     chunk = chunk_rows(lm, config)
     buf = torch.empty(chunk, lm.d_vocab, device=lm.device) if _buf is None else _buf
@@ -187,6 +188,8 @@ def decode_layer(lm: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, 
                         v, i = topk_rows(scores, config.k, largest=kind != "out_bottom", block=config.block)
                         out[kind][0].append(i)
                         out[kind][1].append(v)
+                if _on_chunk is not None:
+                    _on_chunk(len(part))
     return {k: (torch.cat(i), torch.cat(v)) for k, (i, v) in out.items()}
 
 
@@ -196,8 +199,20 @@ def _layers(lm: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
     return tuple(lm.site(f"layers.{L}.resid_post").layer for L in layers)  # validates, normalises
 
 
-def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bool = False) -> NeuronTopK:
-    """Decode every neuron of the selected layers (see the module docstring)."""
+def _about(seconds: float) -> str:
+    return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+
+
+def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bool = False,
+                 notify: Callable[[str], None] | None = None) -> NeuronTopK:
+    """Decode every neuron of the selected layers (see the module docstring).
+
+    Args:
+        progress: Show a tqdm bar over the matmul chunks.
+        notify: Called with a few status lines (the CLI prints them on stderr): the time the
+            whole decoding will take, estimated from the first chunk, and, without a bar,
+            how far it got every ~15 s.
+    """
     from tqdm.auto import tqdm
 
     layers = _layers(lm, config.layers)
@@ -205,13 +220,43 @@ def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bo
     w_u = _unembed_matrix(lm)
     buf = torch.empty(chunk_rows(lm, config), lm.d_vocab, device=lm.device)  # reused: no page faults per chunk
     n_mats = len({_SOURCE[k] for k in kinds})
+    n_rows = len(layers) * n_mats * lm.d_mlp  # one weight row (or column) per neuron and matrix
     res = NeuronTopK(layers=layers, flops=2.0 * len(layers) * n_mats * lm.d_mlp * lm.d_model * lm.d_vocab)
     per: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
+    bar = tqdm(total=n_rows, desc=f"atlas {lm.name}", disable=not progress, unit="row", unit_scale=True)
+
+    def say(msg: str) -> None:
+        if notify is not None:
+            bar.clear()  # keep a live bar intact around the line
+            notify(msg)
+            bar.refresh()
+
+    chunks = [0]  # chunks decoded (a disabled bar does not count)
+
+    def on_chunk(rows: int) -> None:
+        bar.update(rows)
+        chunks[0] += 1
+        if chunks[0] == 1:  # includes warm-up, so the estimate errs on the long side
+            if lm.device.type == "cuda":
+                torch.cuda.synchronize(lm.device)
+            first = time.perf_counter() - t0
+            say(f"atlas: the first chunk ({rows} of {n_rows} weight rows x {lm.d_vocab} tokens) took {first:.2f} s, "
+                f"so decoding takes {_about(first * n_rows / rows)}")
+
     t0 = time.perf_counter()
-    for layer in tqdm(layers, desc=f"atlas {lm.name}", disable=not progress, unit="layer"):
-        for kind, (i, v) in decode_layer(lm, layer, config, _w_u=w_u, _buf=buf).items():
-            per[kind][0].append(i.cpu())
-            per[kind][1].append(v.cpu())
+    shown = t0
+    try:
+        for j, layer in enumerate(layers, 1):
+            for kind, (i, v) in decode_layer(lm, layer, config, _w_u=w_u, _buf=buf, _on_chunk=on_chunk).items():
+                per[kind][0].append(i.cpu())
+                per[kind][1].append(v.cpu())
+            now = time.perf_counter()
+            if not progress and j < len(layers) and now - shown > 15:
+                left = (now - t0) / j * (len(layers) - j)
+                say(f"atlas: {j}/{len(layers)} layers decoded in {now - t0:.0f} s, {_about(left)} left")
+                shown = now
+    finally:
+        bar.close()
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
     res.seconds = time.perf_counter() - t0
@@ -249,19 +294,29 @@ def decode_neuron(lm: Model, layer: int, neuron: int, k: int = 10) -> dict[str, 
 
 
 def build_atlas(lm: Model, config: AtlasConfig = AtlasConfig(), *, path: str | Path | None = None,
-                progress: bool = False):
-    """Decode the model and write the SQLite atlas (atomically). Returns the open `Atlas`."""
+                progress: bool = False, notify: Callable[[str], None] | None = None):
+    """Decode the model and write the SQLite atlas (atomically). Returns the open `Atlas`.
+
+    `progress` shows a tqdm bar; `notify` receives status lines (where, how long) for a
+    person to read (see `decode_model`)."""
     from .atlas_db import Atlas, default_path, write_atlas
 
     path = Path(path) if path is not None else default_path(lm)
-    table = decode_model(lm, config, progress=progress)
+    n_layers = lm.n_layers if config.layers is None else len(config.layers)
+    if notify is not None:
+        notify(f"atlas: decoding {n_layers} layers x {lm.d_mlp} neurons of {lm.name} through the LM head "
+               f"({', '.join(_kinds_for(lm, config.kinds))}) into {path}")
+    table = decode_model(lm, config, progress=progress, notify=notify)
+    if notify is not None:
+        notify(f"atlas: decoded in {table.seconds:.0f} s; writing the SQLite file {path}")
     write_atlas(path, lm, table)
     return Atlas.open(path, model=lm)
 
 
 def load_atlas(lm: Model, *, path: str | Path | None = None, build: bool = True, k: int = 20,
-               progress: bool = False):
-    """The atlas of `lm` at `path` (default: the cache), built on first use when `build`."""
+               progress: bool = False, notify: Callable[[str], None] | None = None):
+    """The atlas of `lm` at `path` (default: the cache), built on first use when `build`
+    (`progress`, `notify`: see `build_atlas`)."""
     from .atlas_db import Atlas, default_path
     from .errors import ArtifactError
 
@@ -271,7 +326,9 @@ def load_atlas(lm: Model, *, path: str | Path | None = None, build: bool = True,
     if not build:
         raise ArtifactError(f"No atlas at {path}; build it with `lmscope atlas build {lm.name}`.")
     log.info("No atlas for %s at %s: building it (once)", lm.name, path)
-    return build_atlas(lm, AtlasConfig(k=k), path=path, progress=progress)
+    if notify is not None:
+        notify(f"atlas: none for {lm.name} at {path} yet; building it once (later runs read it in a moment)")
+    return build_atlas(lm, AtlasConfig(k=k), path=path, progress=progress, notify=notify)
 
 
 # ---- comparing two models of one architecture -----------------------------------------------

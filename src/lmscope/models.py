@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,38 @@ EMBEDDED = {
 }
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of an embedded model, known without loading it, so that the CLI can
+    range-check layer and neuron arguments before paying for a load (`known_shape`)."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    n_heads: int
+
+    def sites(self, spec: str | S.Site) -> list[S.Site]:
+        """Resolve a site string as `Model.sites` does: the same grammar and the same errors."""
+        n_units = {"mlp.neurons": self.d_mlp, "mlp.gate": self.d_mlp, "mlp.up": self.d_mlp,
+                   "attn.z": self.n_heads, "attn.head_out": self.n_heads, "attn.pattern": self.n_heads}
+        return S.resolve(spec, self.n_layers, n_units, self.name)
+
+
+#: embedded name -> its dimensions, as in the converted config.json (num_hidden_layers,
+#: hidden_size, intermediate_size, num_attention_heads); a test compares them with the cache.
+EMBEDDED_SHAPES = {
+    "gemma-3-270m": ModelShape(name="gemma-3-270m", n_layers=18, d_model=640, d_mlp=2048, n_heads=4),
+    "smollm2-135m-instruct": ModelShape(name="smollm2-135m-instruct", n_layers=30, d_model=576, d_mlp=1536,
+                                        n_heads=9),
+}
+
+
+def known_shape(name: str) -> ModelShape | None:
+    """The dimensions of embedded model `name` without loading it; None for any other model."""
+    return EMBEDDED_SHAPES.get(name)
+
+
 def cache_dir() -> Path:
     """Where converted models and other lmscope caches live (`$LMSCOPE_CACHE` overrides)."""
     env = os.environ.get("LMSCOPE_CACHE")
@@ -76,31 +110,91 @@ def cached_models() -> list[dict]:
     return out
 
 
+@contextmanager
+def _hf_bars_into(bar):
+    """Silence transformers' own progress bars while converting, and feed the per-tensor
+    steps of its GGUF dequantisation into `bar` instead: one bar for the whole conversion.
+    Where the installed transformers names its GGUF bar differently, its bars are only silenced."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - a transformers without GGUF support fails later, clearly
+        gguf_utils = None
+    original = getattr(gguf_utils, "tqdm", None)
+
+    def feed(iterable=None, *args, **kw):
+        if iterable is None:  # not the per-tensor loop this expects: keep it, silent
+            return original(iterable, *args, **{**kw, "disable": True})
+        items = list(iterable)
+
+        def steps():
+            shown = 0.0
+            for i, item in enumerate(items, 1):
+                yield item
+                now = time.monotonic()  # a few refreshes a second, not one per tensor
+                if now - shown > 0.5 or i == len(items):
+                    bar.set_postfix_str(f"dequantize weights ({i}/{len(items)} tensors)")
+                    shown = now
+
+        return steps()
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    if original is not None:
+        gguf_utils.tqdm = feed
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantize a GGUF file once into a safetensors directory (atomic rename at the end)."""
+    """Dequantize a GGUF file once into a safetensors directory (atomic rename at the end).
+
+    It takes up to a minute, once per file, so it shows one progress bar on stderr with its
+    stages (read tokenizer, dequantize weights, save safetensors), also from the library:
+    nothing else tells a first-time user why `load` is slow. `TQDM_DISABLE=1` hides it."""
+    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("Converting %s to safetensors in %s (once; takes up to a minute)", gguf, out)
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are already dequantized to float32; drop the "quantized" marker so
-    # save_pretrained writes plain safetensors.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    st = gguf.stat()
-    meta = {"source": str(gguf), "source_bytes": st.st_size, "convert_version": _CONVERT_VERSION}
-    (tmp / _MARKER).write_text(json.dumps(meta, indent=1))
-    if out.exists():  # another process won the race, or a stale copy: replace it
-        shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    bar = tqdm(total=3, desc=f"converting {out.name} to safetensors (once)", unit="stage", file=sys.stderr,
+               bar_format="{desc}: {n}/{total} stages [{elapsed}]{postfix}")
+    try:
+        with _hf_bars_into(bar):
+            bar.set_postfix_str("read tokenizer")
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            bar.update()
+            bar.set_postfix_str("dequantize weights")
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            bar.update()
+        # The weights are already dequantized to float32; drop the "quantized" marker so
+        # save_pretrained writes plain safetensors.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        bar.set_postfix_str(f"save safetensors to {out}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        st = gguf.stat()
+        meta = {"source": str(gguf), "source_bytes": st.st_size, "convert_version": _CONVERT_VERSION}
+        (tmp / _MARKER).write_text(json.dumps(meta, indent=1))
+        if out.exists():  # another process won the race, or a stale copy: replace it
+            shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        bar.update()
+        bar.set_postfix_str("done")
+    finally:
+        bar.close()
     log.info("Converted in %.1f s", time.perf_counter() - t0)
 
 

@@ -1,7 +1,10 @@
 """The guided tour (`lmscope tour`): the main job on the embedded default model.
 
 Each step is a function `(model, ctx) -> dict` that renders to the console and returns its
-results for `--json`. Steps whose optional module is missing are skipped with a note.
+results for `--json`, with a `figures` list: the files it wrote into `ctx.out_dir` (empty for
+the steps whose result is the console table itself). A step that raises does not stop the
+tour: `run_tour` records its error, reports it through `ctx.on_error` and runs the next step;
+`failed_steps` and `failure_summary` say what failed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ class TourContext:
     say: Callable[[str], None] = print  # the CLI passes a rich console printer
     table: Callable[[str, list[str], list[list[str]]], None] | None = None
     results: dict = field(default_factory=dict)
+    #: called as on_error(step, message) when a step raises (default: a logged error);
+    #: the CLI prints one line on stderr
+    on_error: Callable[[str, str], None] | None = None
+    #: called as on_step(step, title) before each step runs (the CLI's stage lines)
+    on_step: Callable[[str, str], None] | None = None
 
 
 def step_next_token(lm: Model, ctx: TourContext) -> dict:
@@ -35,7 +43,7 @@ def step_next_token(lm: Model, ctx: TourContext) -> dict:
     rows = [[str(i + 1), repr(t["token"]), f"{t['prob']:.3f}"] for i, t in enumerate(top)]
     if ctx.table:
         ctx.table(f"Next token after {prompt!r}", ["rank", "token", "prob"], rows)
-    return {"prompt": prompt, "top": top}
+    return {"prompt": prompt, "top": top, "figures": []}
 
 
 def step_steer(lm: Model, ctx: TourContext) -> dict:
@@ -60,7 +68,8 @@ def step_steer(lm: Model, ctx: TourContext) -> dict:
     for k, t in texts.items():
         ctx.say(f"  {k + ':':10s}{prompt}{t}".replace("\n", "⏎"))
     ctx.say(f"  {metric.name} on 8 neutral prompts: " + ", ".join(f"{k} {v:+.2f}" for k, v in scores.items()))
-    return {"prompt": prompt, "layer": layer, "coef": coef, "generations": texts, "sentiment_score": scores}
+    return {"prompt": prompt, "layer": layer, "coef": coef, "generations": texts, "sentiment_score": scores,
+            "figures": []}
 
 
 def step_function_vector(lm: Model, ctx: TourContext) -> dict:
@@ -80,7 +89,7 @@ def step_function_vector(lm: Model, ctx: TourContext) -> dict:
     top = lm.run("fast ->", edits=[fv.edit(mid, positions="last")]).top_k(lm, 3)
     ctx.say(f"  'fast ->' with the vector at layer {mid}: " + ", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in top))
     return {"task": "antonym", **sweep.summary(), "layers": sweep.layers, "accuracy": sweep.accuracy,
-            "random": sweep.random, "fast": top}
+            "random": sweep.random, "fast": top, "figures": []}
 
 def step_logit_lens(lm: Model, ctx: TourContext) -> dict:
     """Logit lens: every layer's residual read through the final norm and the unembedding."""
@@ -118,7 +127,7 @@ def step_patchscope(lm: Model, ctx: TourContext) -> dict:
     ctx.say(f"  {r.target_prompt!r}")
     ctx.say(f"  patched:   {r.text!r}")
     ctx.say(f"  unpatched: {r.text_unpatched!r}   (the same prompt with a literal 'x')")
-    return r.to_json()
+    return {**r.to_json(), "figures": []}
 
 
 PLURAL_PROMPTS = [
@@ -162,7 +171,7 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
         ctx.say(f"  zero-ablating {neuron[0]}.{neuron[1]} ({name}): logit(' these') - logit(' this') "
                 f"{eff.ld_before:+.2f} -> {eff.ld_after:+.2f}")
     return {"layer": layer, "neuron": n, "decoding": dec, "examples": [e.to_dict() for e in ex],
-            "stats": stats, "html": str(html), "ablation": effects}
+            "stats": stats, "html": str(html), "ablation": effects, "figures": [str(html)]}
 
 
 STEPS: list[tuple[str, str, Callable[[Model, TourContext], dict]]] = [
@@ -175,18 +184,55 @@ STEPS: list[tuple[str, str, Callable[[Model, TourContext], dict]]] = [
 ]
 
 
-def run_tour(lm: Model, ctx: TourContext, only: list[str] | None = None) -> dict:
-    """Run every step (or `only` those named); returns {step: result}."""
+def check_steps(only: list[str] | tuple[str, ...] | None) -> None:
+    """Raise InputError when `only` names a step that does not exist (before any model load)."""
     known = [k for k, _, _ in STEPS]
     unknown = [k for k in only or () if k not in known]
     if unknown:
         raise InputError(f"Unknown tour step(s) {', '.join(unknown)}; the steps are {', '.join(known)}.")
+
+
+def run_tour(lm: Model, ctx: TourContext, only: list[str] | None = None) -> dict:
+    """Run every step (or `only` those named); returns {step: result}.
+
+    A step that raises is reported through `ctx.on_error` and recorded as
+    {"error", "error_type", "figures": [], "seconds"}; the other steps still run.
+    """
+    check_steps(only)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     for key, title, fn in STEPS:
         if only and key not in only:
             continue
+        if ctx.on_step is not None:
+            ctx.on_step(key, title)
         ctx.say(f"\n== {title} ==")
         t0 = time.perf_counter()
-        ctx.results[key] = fn(lm, ctx)
-        ctx.results[key]["seconds"] = round(time.perf_counter() - t0, 2)
+        try:
+            res = fn(lm, ctx)
+        except Exception as e:  # noqa: BLE001 - one failed step must not hide the others
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.debug("Tour step %s failed", key, exc_info=True)  # --debug shows the traceback
+            res = {"error": msg, "error_type": type(e).__name__, "figures": []}
+            if ctx.on_error is not None:
+                ctx.on_error(key, f"{type(e).__name__}: {msg}")
+            else:
+                log.error("Tour step %s failed: %s: %s", key, type(e).__name__, msg)
+        missing = [f for f in res.setdefault("figures", []) if not Path(f).is_file()]
+        if missing:
+            log.warning("Tour step %s lists figures it did not write: %s", key, ", ".join(missing))
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        ctx.results[key] = res
     return ctx.results
+
+
+def failed_steps(results: dict) -> list[str]:
+    """The steps of a `run_tour` result that raised, in tour order."""
+    return [k for k, r in results.items() if "error_type" in r]
+
+
+def failure_summary(results: dict) -> str | None:
+    """'2 of 6 steps failed: patchscope, neuron', or None when every step ran."""
+    failed = failed_steps(results)
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(results)} step{'s' if len(results) != 1 else ''} failed: {', '.join(failed)}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -19,7 +20,7 @@ dtype_option = click.option("--dtype", default="float32", show_default=True,
 def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
     import torch
 
-    import lmscope
+    from lmscope import models
 
     try:  # keep stdout/stderr clean for --json consumers
         from transformers.utils import logging as hf_logging
@@ -29,7 +30,65 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
         pass
     if device == "cpu" and not os.environ.get("LMSCOPE_THREADS"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    return lmscope.load(name, device=device, dtype=dtype)
+    return models.load(name, device=device, dtype=dtype)  # looked up at call time (tests stub it)
+
+
+class Stages:
+    """`[i/n] what` lines on stderr, one per stage of a long command, so that a person sees
+    what each wait is for, also when stderr is not a terminal (progress bars need one).
+    stdout, and the --json printed there, is untouched."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.i = n, 0
+
+    def __call__(self, what: str) -> None:
+        self.i += 1
+        self.n = max(self.n, self.i)
+        click.echo(f"[{self.i}/{self.n}] {what}", err=True)
+
+
+def precheck(model: str | None, hint: str, check: Callable) -> None:
+    """Run `check(shape)` against the known shape of an embedded MODEL (`models.known_shape`)
+    before the command loads it, so that a typo in a layer or neuron costs no model load.
+    An LmscopeError from `check` becomes a usage error naming `hint` (exit 2). Other models
+    are checked by the library after loading, with the same messages."""
+    from lmscope.errors import LmscopeError
+    from lmscope.models import known_shape
+
+    shape = known_shape(model) if model else None
+    if shape is None:
+        return
+    try:
+        check(shape)
+    except LmscopeError as e:
+        raise click.BadParameter(str(e), param_hint=hint) from None
+
+
+def check_layers(model: str | None, hint: str, layers, parse: Callable | None = None) -> None:
+    """`precheck` a layer option: an int, a list of ints, None, or a string that
+    `parse(spec, n_layers)` turns into a list (None: nothing to check)."""
+    if layers is None:
+        return
+
+    def check(shape):
+        sel = parse(layers, shape.n_layers) if parse else layers
+        for layer in [sel] if isinstance(sel, int) else sel or ():
+            shape.sites(f"layers.{layer}.resid_post")
+
+    precheck(model, hint, check)
+
+
+def check_neurons(model: str | None, hint: str, spec: str | None) -> None:
+    """`precheck` neurons written L.N[,L.N...] or layers.L.mlp.neurons[N,...] (None: nothing)."""
+    if spec:
+        from lmscope.neurons import parse_neurons
+
+        precheck(model, hint, lambda shape: parse_neurons(shape, spec))  # only .sites is used
+
+
+def check_sites(model: str | None, hint: str, sites) -> None:
+    """`precheck` site strings such as 'layers.5.mlp.neurons[100]'."""
+    precheck(model, hint, lambda shape: [shape.sites(s) for s in sites])
 
 
 def emit_json(obj) -> None:

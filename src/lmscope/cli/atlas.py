@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import click
 
-from ._common import console, device_option, dtype_option, emit_json, json_option, load_model, progress_enabled
+from ._common import Stages, check_layers, check_neurons, console, device_option, dtype_option, emit_json, \
+    json_option, load_model, progress_enabled
 
 
 def _fmt(tokens, n: int = 8) -> str:
     return " ".join(repr(t) for t, _ in (tokens or [])[:n]) if tokens else "-"
 
 
+def _notify(message: str) -> None:
+    """The atlas's status lines (building where, how long): stderr, whatever stdout carries."""
+    click.echo(message, err=True)
+
+
 def _open(lm, out, k: int):
     from lmscope.atlas import load_atlas
 
-    return load_atlas(lm, path=out, k=k, progress=progress_enabled())
+    return load_atlas(lm, path=out, k=k, progress=progress_enabled(), notify=_notify)
+
+
+def _layer_list(spec: str | None, hint: str = "--layers") -> list[int] | None:
+    if not spec:
+        return None
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"takes comma-separated layers like '0,4,8', got {spec!r}.", param_hint=hint) from None
 
 
 def register(cli: click.Group) -> None:
@@ -37,9 +52,14 @@ def register(cli: click.Group) -> None:
         through the final norm and the unembedding, stored with a full-text index."""
         from lmscope.atlas import AtlasConfig, build_atlas
 
+        sel = _layer_list(layers)
+        check_layers(model, "--layers", sel)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
-        cfg = AtlasConfig(k=k, layers=tuple(int(x) for x in layers.split(",")) if layers else None)
-        with build_atlas(lm, cfg, path=out, progress=progress_enabled()) as a:
+        cfg = AtlasConfig(k=k, layers=tuple(sel) if sel else None)
+        stage(f"building the atlas of {lm.name}")
+        with build_atlas(lm, cfg, path=out, progress=progress_enabled(), notify=_notify) as a:
             m = a.meta
             info = {"model": lm.name, "path": str(a.path), "k": k, "kinds": m["kinds"], "n_layers": len(m["layers"]),
                     "d_mlp": m["d_mlp"], "n_neurons": len(m["layers"]) * m["d_mlp"],
@@ -94,8 +114,12 @@ def register(cli: click.Group) -> None:
         from lmscope.atlas import decode_neuron
         from lmscope.clamping import parse_neurons
 
+        found = parse_neurons(neuron)
+        if len(found) != 1:
+            raise click.BadParameter(f"names {len(found)} neurons; name one, like 5.123.", param_hint="NEURON")
+        check_neurons(model, "NEURON", neuron)
         lm = load_model(model, device)
-        ((layer, n),) = parse_neurons(neuron)
+        ((layer, n),) = found
         d = decode_neuron(lm, layer, n, k=k)
         if as_json:
             emit_json({"model": lm.name, "layer": layer, "neuron": n,
@@ -130,7 +154,9 @@ def register(cli: click.Group) -> None:
 
         if (model_b is None) == (perturb is None):
             raise click.UsageError("Pass MODEL_B, or --perturb NOISE to compare MODEL_A with a perturbed copy.")
-        sel = [int(x) for x in layers.split(",")] if layers else None
+        sel = _layer_list(layers)
+        for spec in (model_a, model_b):
+            check_layers(spec, "--layers", sel)
         a = side(model_a)
         if model_b is None:
             if isinstance(a, str):
@@ -178,15 +204,20 @@ def register(cli: click.Group) -> None:
         from lmscope.clamping import (ClampConfig, clamp_experiment, load_concept, natural_activation,
                                       neutral_prompts, parse_neurons)
 
-        lm = load_model(model, device)
         cons = load_concept(concept) if concept else None
         prompts = list(prompts) or ([cons["prompt"]] if cons else [])
         if not prompts:
             raise click.UsageError("Pass --prompt TEXT or --concept NAME.")
         sel = parse_neurons(neurons)
+        check_neurons(model, "NEURONS", neurons)
+        stage = Stages(3)
+        stage(f"loading {model}")
+        lm = load_model(model, device)
+        stage(f"measuring the natural activation of {neurons} on {16 + len(prompts)} prompts")
         nat = natural_activation(lm, sel, neutral_prompts(16) + prompts, chat=chat)
         values = [value] * len(sel) if value is not None else [times * max(s["max"], 1e-3) for s in nat]
         cfg = ClampConfig(max_new_tokens=max_new_tokens, chat=chat, do_sample=n > 1, n_samples=n, seed=seed)
+        stage(f"generating {n} x {len(prompts)} texts with the neurons clamped, unclamped and with a control neuron")
         rep = clamp_experiment(lm, sel, value=values, prompts=prompts, keywords=cons["keywords"] if cons else (),
                                config=cfg)
         if plot:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._common import console, device_option, dtype_option, emit_json, json_option, load_model, model_argument
+from ._common import Stages, check_layers, check_sites, console, device_option, dtype_option, emit_json, \
+    json_option, load_model, model_argument
 
 
 def _vector_from_artifact(path: str, layer: int | None, model):
@@ -124,13 +125,15 @@ def register(cli: click.Group) -> None:
         """Generate from PROMPT, optionally steered (--add-vector) or with clamped units (--clamp)."""
         from lmscope.interventions import Add
 
-        lm = load_model(model, device, dtype)
+        if layer is not None and not vector_file:
+            raise click.UsageError("--layer goes with --add-vector FILE.")
         edits = [_parse_clamp(c) for c in clamps]
+        check_sites(model, "--clamp", [e.site for e in edits])
+        check_layers(model, "--layer", layer)
+        lm = load_model(model, device, dtype)
         if vector_file:
             vec, layer = _vector_from_artifact(vector_file, layer, lm)
             edits.append(Add(site=f"layers.{layer}.resid_post", vector=vec, scale=scale))
-        elif layer is not None:
-            raise click.UsageError("--layer goes with --add-vector FILE.")
         kw = {"chat": chat, "max_new_tokens": max_new_tokens, "do_sample": sample, "seed": seed}
         out = lm.generate(prompt, edits=edits, **kw)
         base = lm.generate(prompt, **kw) if compare and edits else None
@@ -155,15 +158,24 @@ def register_tour(cli: click.Group) -> None:
     @json_option
     @device_option
     def tour(model: str, out_dir: str, only: tuple[str, ...], as_json: bool, device: str) -> None:
-        """A guided tour of lmscope on MODEL (default gemma-3-270m): the main job."""
+        """A guided tour of lmscope on MODEL (default gemma-3-270m): the main job.
+
+        A step that fails is reported on stderr and the others still run; the command then
+        exits 1 with a summary of the failed steps."""
+        import sys
         import time
         from pathlib import Path
 
         from rich.markup import escape
         from rich.table import Table
 
-        from lmscope.tour import TourContext, run_tour
+        from lmscope.errors import InputError
+        from lmscope.tour import STEPS, TourContext, check_steps, failure_summary, run_tour
 
+        try:
+            check_steps(only)  # before the model load: a typo must not cost one
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint="--only") from None
         c = console()
         say = (lambda s: None) if as_json else (lambda s: c.print(escape(s)))
 
@@ -175,11 +187,34 @@ def register_tour(cli: click.Group) -> None:
                 t.add_row(*r)
             c.print(t)
 
+        # the console shows the step headers; with --json (or stdout redirected) stderr does
+        n_steps = len([k for k, _, _ in STEPS if not only or k in only])
+        stage = Stages(1 + n_steps) if as_json or not sys.stdout.isatty() else None
+        on_step = (lambda key, title: stage(f"{key}: {title.split('. ', 1)[-1]}")) if stage else None
+
+        def on_error(step: str, message: str) -> None:
+            click.echo(f"step {step} failed: {message}", err=True)
+
         t0 = time.perf_counter()
+        if stage:
+            stage(f"loading {model}")
+        else:
+            say(f"Loading {model} ...")
         lm = load_model(model, device)
         say(f"Loaded {lm!r} in {time.perf_counter() - t0:.1f} s")
-        res = run_tour(lm, TourContext(Path(out_dir), say=say, table=table), list(only) or None)
+        ctx = TourContext(Path(out_dir), say=say, table=table, on_error=on_error, on_step=on_step)
+        res = run_tour(lm, ctx, list(only) or None)
         if as_json:
             emit_json({"model": lm.name, "out_dir": out_dir, "steps": res})
         else:
-            say(f"\nFigures and files are in {out_dir}/")
+            say(f"\nFigures and files in {out_dir}/:")
+            for key, r in res.items():
+                if r["figures"]:
+                    say(f"  {key}: " + ", ".join(Path(f).name for f in r["figures"]))
+            plain = [k for k, r in res.items() if not r["figures"] and "error_type" not in r]
+            if plain:
+                say("  no figure (the console output above is the result): " + ", ".join(plain))
+        summary = failure_summary(res)
+        if summary:
+            debug = click.get_current_context().find_root().obj.get("debug")
+            raise click.ClickException(summary + ("" if debug else " (rerun with --debug for the tracebacks)"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from ._common import (
+    Stages,
+    check_layers,
     console,
     device_option,
     dtype_option,
@@ -37,6 +39,17 @@ def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
     if not out:
         raise InputError(f"--layers {spec!r} names no layer.")
     return out
+
+
+def _precheck(model, tasks=(), layers=None, aie_layers=None) -> None:
+    """Task names/files and layer ranges, checked before the model loads (a typo costs no load)."""
+    from lmscope import icl_tasks as T
+
+    for t in tasks:
+        if t:
+            T.load_task(t)
+    check_layers(model, "--layers", layers, parse=_parse_layers)
+    check_layers(model, "--aie-layers", aie_layers, parse=_parse_layers)
 
 
 def _config(**kw):
@@ -152,10 +165,14 @@ def register(cli: click.Group) -> None:
 
         from ._common import progress_enabled
 
+        _precheck(model, [task], aie_layers=aie_layers)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         cfg = build_cfg(lm, shots, n_prompts, n_test, method, seed, template, top_heads, aie_layers, heads_contrast,
                         keep_ambiguous)
         t0 = time.perf_counter()
+        stage(f"making the {method} vector of {task} from {n_prompts} {shots}-shot prompts")
         v = F.make(lm, task, cfg, progress=progress_enabled())
         path = v.save(out)
         res = {"model": lm.name, "task": v.meta["task"], "method": method, "path": path, "layers": v.layers,
@@ -191,9 +208,15 @@ def register(cli: click.Group) -> None:
 
         from ._common import progress_enabled
 
+        _precheck(model, [task], layers=layers)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         v = Vector.load(file, model=lm)
-        sw = F.evaluate(lm, v, task, layers=_parse_layers(layers, lm.n_layers), scale=scale, positions=positions,
+        lay = _parse_layers(layers, lm.n_layers)
+        stage(f"scoring {task or v.meta.get('task', 'the task')} on held-out queries: zero-shot, few-shot, and the "
+              f"vector and a random one at {len(lay) if lay else lm.n_layers} layers")
+        sw = F.evaluate(lm, v, task, layers=lay, scale=scale, positions=positions,
                         progress=progress_enabled())
         fig = None
         if out_dir:
@@ -235,6 +258,9 @@ def register(cli: click.Group) -> None:
 
         from ._common import progress_enabled
 
+        _precheck(model, tasks, layers=layers, aie_layers=aie_layers)
+        stage = Stages(1 + 2 * len(tasks))
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         cfg = build_cfg(lm, shots, n_prompts, n_test, method, seed, template, top_heads, aie_layers, heads_contrast,
                         keep_ambiguous)
@@ -242,9 +268,11 @@ def register(cli: click.Group) -> None:
         sweeps, figs, vecs, timing = [], [], [], {}
         for task in tasks:
             t0 = time.perf_counter()
+            stage(f"{task}: making the {method} vector from {n_prompts} {shots}-shot prompts")
             data = F.prepare(lm, task, cfg)
             v = F.make(lm, data, cfg, progress=progress_enabled())
             t1 = time.perf_counter()
+            stage(f"{task}: scoring it at {len(lay) if lay else lm.n_layers} layers on {n_test} held-out queries")
             sw = F.evaluate(lm, v, data, layers=lay, scale=scale, positions=positions, shots=cfg.shots,
                             progress=progress_enabled())
             timing[data.task.name] = {"make_s": round(t1 - t0, 2), "eval_s": round(time.perf_counter() - t1, 2)}
@@ -294,10 +322,14 @@ def register(cli: click.Group) -> None:
 
         from ._common import progress_enabled
 
+        _precheck(model, [*plus, *minus, target], layers=layers, aie_layers=aie_layers)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         cfg = build_cfg(lm, shots, n_prompts, n_test, method, seed, template, top_heads, aie_layers, heads_contrast,
                         keep_ambiguous)
         t0 = time.perf_counter()
+        stage(f"making the vectors of {', '.join([*plus, *minus])} and scoring their composition")
         comp = F.compose(lm, list(plus), list(minus), target=target, config=cfg,
                          layers=_parse_layers(layers, lm.n_layers), scale=scale, progress=progress_enabled())
         secs = round(time.perf_counter() - t0, 2)

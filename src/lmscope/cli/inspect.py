@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from ._common import console, device_option, dtype_option, emit_json, json_option, load_model, progress_enabled
+from ._common import Stages, check_layers, console, device_option, dtype_option, emit_json, json_option, load_model, \
+    progress_enabled
 
 
 def _layers(spec: str | None) -> list[int] | None:
@@ -68,6 +69,7 @@ def register(cli: click.Group) -> None:
         from lmscope.decompose import decompose as run_decompose
         from lmscope.decompose import layer_adds, logit_attribution
 
+        check_layers(model, "--layer", layer)
         lm = load_model(model, device, dtype)
         d = run_decompose(lm, prompt, layer=layer, position=position, chat=chat)
         a = logit_attribution(lm, d, target, baseline=baseline)
@@ -133,6 +135,7 @@ def register(cli: click.Group) -> None:
 
         if subtract is None and add_ is None:
             raise click.UsageError("Give --subtract TOKEN, --add TOKEN or both.")
+        check_layers(model, "--layer", layer)
         lm = load_model(model, device, dtype)
         r = run_edit(lm, prompt, layer=layer, position=position, subtract=subtract, add=add_, scale=scale,
                      relative=not absolute, divide_by_gain=divide_by_gain, k=top_k, max_new_tokens=max_new_tokens,
@@ -197,6 +200,11 @@ def register(cli: click.Group) -> None:
 
         if sweep is None and (source is None or source_layer is None):
             raise click.UsageError("Give --source and --source-layer, or --sweep.")
+        lay = _layers(layers)
+        for hint, value in (("--source-layer", source_layer), ("--target-layer", target_layer), ("--layers", lay)):
+            check_layers(model, hint, value)
+        stage = Stages(1 + (sweep is not None) + (sweep == "both"))
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         c = console()
         if sweep is None:
@@ -217,7 +225,7 @@ def register(cli: click.Group) -> None:
                 c.print(f"generated: {r.text!r}\nunpatched: {r.text_unpatched!r}")
             return
         res, figs = {"model": lm.name}, []
-        lay = _layers(layers)
+        n_lay = len(lay) if lay else lm.n_layers
         from lmscope.plots import inspect_plots as P
 
         if sweep in ("identity", "both"):
@@ -225,12 +233,14 @@ def register(cli: click.Group) -> None:
                 texts = [r.get("text") or r["prompt"] for r in ps.read_jsonl(sources_file)][:n_sources]
             else:
                 texts = ps.default_sources(n_sources, seed)
+            stage(f"token-identity sweep: {len(texts)} source positions x {n_lay} layers")
             sw = ps.identity_sweep(lm, texts, layers=lay, seed=seed, progress=progress_enabled())
             res["identity"] = sw.to_json()
             if out:
                 figs.append(str(P.plot_identity_sweep(sw, Path(out) / "patchscope_identity.png")))
         if sweep in ("entities", "both"):
             ents = ps.read_jsonl(entities_file) if entities_file else None
+            stage(f"entity-description sweep: {len(ents) if ents else 'the shipped'} entities x {n_lay} layers")
             es = ps.entity_sweep(lm, ents, layers=lay, progress=progress_enabled())
             res["entities"] = es.to_json()
             if out:
@@ -289,8 +299,11 @@ def register(cli: click.Group) -> None:
         cfg = BackpatchConfig(criterion=criterion, k=k, require_hops=not relaxed, seed=seed, batch_size=batch_size,
                               controls=tuple(x.strip() for x in controls.split(",") if x.strip()),
                               max_cases=max_cases, gen_tokens=gen_tokens)
-        lm = load_model(model, device, dtype)
         rows = read_jsonl(data_file) if data_file else None
+        stage = Stages(2)
+        stage(f"loading {model}")
+        lm = load_model(model, device, dtype)
+        stage(f"back-patching the two-hop questions of {data_file or 'the shipped set'} the model gets wrong")
         r = run_backpatch(lm, rows, cfg, progress=progress_enabled())
         res = r.to_json()
         res["figures"] = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import console, device_option, dtype_option, emit_json, json_option, load_model, progress_enabled
+from ._common import Stages, console, device_option, dtype_option, emit_json, json_option, load_model, progress_enabled
 
 
 def register(cli: click.Group) -> None:
@@ -66,10 +66,14 @@ def register(cli: click.Group) -> None:
         """Train a tuned lens for MODEL (an affine translator per layer; the model frozen)."""
         from lmscope.tuned_lens import TunedLensConfig, train_tuned_lens
 
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         cfg = TunedLensConfig(steps=steps, positions=positions, batch_size=batch_size, optimizer=optimizer, lr=lr,
                               checkpoint_every=checkpoint_every, seed=seed)
         out_file = out_file or f"{lm.name}.tuned_lens.safetensors"
+        stage(f"training a tuned lens for {steps} steps of {batch_size} windows on {corpus or 'the shipped corpus'}, "
+              f"checkpoints in {out_file}")
         lens, tlog = train_tuned_lens(lm, corpus, config=cfg, out=out_file, resume=resume,
                                       progress=progress_enabled() and not as_json)
         d = {"model": lm.name, "out": str(Path(out_file).with_suffix(".safetensors")), "steps": lens.meta.get("step"),
@@ -101,8 +105,11 @@ def register(cli: click.Group) -> None:
         """Logit vs tuned lens: per-layer KL to the model's output on held-out text."""
         from lmscope.tuned_lens import TunedLens, compare_lenses
 
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         lens = TunedLens.load(tuned_file, lm)
+        stage(f"per-layer KL of both lenses on {positions} held-out positions")
         cmp = compare_lenses(lm, lens, corpus, n_positions=positions, seed=seed)
         files = {}
         if out_dir:
@@ -146,8 +153,11 @@ def register(cli: click.Group) -> None:
         last position; does the English word surface before the target word?"""
         from lmscope.latent_language import LatentConfig, latent_language
 
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         cfg = LatentConfig(src=src, tgt=tgt, shots=shots, limit=limit, seed=seed)
+        stage(f"logit lens over {shots}-shot {src}->{tgt} word-translation prompts")
         res = latent_language(lm, data_file, config=cfg, progress=progress_enabled() and not as_json)
         files = {}
         if out_dir:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._common import console, device_option, emit_json, json_option, load_model, model_argument, progress_enabled
+from ._common import Stages, check_layers, check_neurons, console, device_option, emit_json, json_option, load_model, \
+    model_argument, precheck, progress_enabled
 
 _KINDS = click.Choice(["neurons", "gate", "up"])
 kind_option = click.option("--kind", default="neurons", show_default=True, type=_KINDS,
@@ -70,12 +71,26 @@ def _quick_recording(lm, layer: int, neuron: int, kind: str, corpus, max_tokens:
     return record(lm, f"layers.{layer}.mlp.{kind}[{neuron}]", corpus, config=cfg, progress=progress_enabled())
 
 
-def _recording_for(lm, layer, neuron, kind, recording, corpus, max_tokens, k):
+def _recording_for(lm, layer, neuron, kind, recording, corpus, max_tokens, k, stage=None):
     from lmscope.neurons import NeuronRecording
 
     if recording:
+        if stage:
+            stage(f"reading the recording {recording}")
         return NeuronRecording.load(recording, model=lm)
+    if stage:
+        stage(f"recording layers.{layer}.mlp.{kind}[{neuron}] over up to {max_tokens:,} tokens of "
+              f"{corpus or 'the shipped corpus'}")
     return _quick_recording(lm, layer, neuron, kind, corpus, max_tokens, k)
+
+
+def _units(spec: str | None) -> list[int] | None:
+    if not spec:
+        return None
+    try:
+        return [int(u) for u in spec.split(",") if u.strip()]
+    except ValueError:
+        raise click.BadParameter(f"takes neuron indices like 5,17, got {spec!r}.", param_hint="--neurons") from None
 
 
 def _decode(lm, layer: int, neuron: int, k: int = 10):
@@ -116,10 +131,14 @@ def register(cli: click.Group) -> None:
         from lmscope.neurons import RecordConfig, neuron_sites
         from lmscope.neurons import record as do_record
 
+        sel = _units(units)
+        precheck(model, "--layers/--neurons", lambda shape: neuron_sites(shape, layers, kind=kind, units=sel))
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device)
-        sel = None if not units else [int(u) for u in units.split(",")]
         sites = neuron_sites(lm, layers, kind=kind, units=sel)
         cfg = RecordConfig(window=window, batch_size=batch_size, max_tokens=max_tokens, top_k=top_k)
+        stage(f"recording {len(sites)} neuron sites over up to {max_tokens:,} tokens of {corpus or 'the shipped corpus'}")
         rec = do_record(lm, sites, corpus, config=cfg, progress=progress_enabled())
         summary = rec.summary()
         if out:
@@ -146,9 +165,12 @@ def register(cli: click.Group) -> None:
     @device_option
     def top(model, neuron_spec, kind, recording, corpus, max_tokens, k, html_path, as_json, device):
         """Max-activating contexts of one neuron, every token coloured by its activation."""
+        check_neurons(model, "L.N", neuron_spec)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device)
         layer, n = _one_neuron(lm, neuron_spec)
-        rec = _recording_for(lm, layer, n, kind, recording, corpus, max_tokens, k)
+        rec = _recording_for(lm, layer, n, kind, recording, corpus, max_tokens, k, stage=stage)
         ex = rec.examples(layer, n, lm.tokenizer, kind=kind, k=k)
         stats = rec.neuron_stats(layer, n, kind=kind)
         if html_path:
@@ -187,8 +209,13 @@ def register(cli: click.Group) -> None:
 
         if layer is not None and all_layers:
             raise click.UsageError("Pass --layer L or --all, not both.")
+        check_layers(model, "--layer", layer)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device)
         texts, labels = load_labelled(data)
+        stage(f"recording {kind} at {'layer ' + str(layer) if layer is not None else 'every layer'} over "
+              f"{len(texts)} labelled texts")
         res = do_correlate(lm, texts, labels, layers=None if layer is None else [layer], kind=kind, reduce=reduce,
                            progress=progress_enabled())
         rows = res.ranked(n_top, by=by, sign=sign)
@@ -239,16 +266,21 @@ def register(cli: click.Group) -> None:
         from lmscope.neuron_corr import load_labelled
         from lmscope.neurons import parse_neurons
 
+        if not curve and not neuron_spec:
+            raise click.UsageError("Name the neurons (L.N,...) or pass --curve to rank them.")
+        check_neurons(model, "L.N,...", neuron_spec)
+        stage = Stages(2 + (method != "zero") + (curve and not neuron_spec))
+        stage(f"loading {model}")
         lm = load_model(model, device)
         ps = _prompt_set(prompts, field)
         neutral_path = neutral or str(DEFAULT_CORPUS.parent / "neutral_prompts.jsonl")
         neu = read_prompts(neutral_path)[:n_neutral] if n_neutral else None
         ref = None
         if method != "zero":
+            stage(f"reference activations for {method} ablation")
             ref = nc.reference_activations(lm, read_texts(reference) if reference else None)
         if not curve:
-            if not neuron_spec:
-                raise click.UsageError("Name the neurons (L.N,...) or pass --curve to rank them.")
+            stage(f"{method}-ablating {neuron_spec} on {len(ps)} prompts")
             eff = nc.ablate(lm, parse_neurons(lm, neuron_spec), ps, target=target, baseline=baseline, method=method,
                             reference=ref, neutral=neu, seed=seed)
             if as_json:
@@ -260,16 +292,19 @@ def register(cli: click.Group) -> None:
             ranking, ranked_by = parse_neurons(lm, neuron_spec), "given"
         elif rank_by == "attribution":
             rp = _prompt_set(rank_prompts, field) if rank_prompts else ps
+            stage(f"ranking neurons by attribution on {len(rp)} prompts")
             scores = nc.attribute(lm, rp, target=target, baseline=baseline, reference=ref)
             ranking, ranked_by = nc.top_neurons(scores, k_max), "attribution"
         else:
             if not rank_data:
                 raise click.UsageError("--rank correlation needs --rank-data FILE (labelled JSONL).")
             texts, labels = load_labelled(rank_data)
+            stage(f"ranking neurons by correlation over {len(texts)} labelled texts")
             res = do_correlate(lm, texts, labels)
             ranking, ranked_by = [(r["layer"], r["neuron"]) for r in res.ranked(k_max, sign="pos")], "correlation"
         ks = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if k < min(k_max, len(ranking))]
         ks.append(min(k_max, len(ranking)))
+        stage(f"ablation curve: top k = {', '.join(map(str, ks))} neurons vs {n_random} random draws on {len(ps)} prompts")
         cr = nc.ablation_curve(lm, ranking, ps, target=target, baseline=baseline, ks=ks, method=method, reference=ref,
                                neutral=neu, n_random=n_random, seed=seed, progress=progress_enabled())
         d = cr.to_dict()
@@ -301,8 +336,12 @@ def register(cli: click.Group) -> None:
         """Singular/plural demo: ablate the top "these"-vs-"this" neurons vs random ones."""
         from lmscope.agreement import agreement_demo
 
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device)
         ks = sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k < k_max} | {k_max})
+        stage(f"ranking neurons on {n_rank} prompts, then ablating the top k = {', '.join(map(str, ks))} vs random "
+              f"on {n_eval} held-out prompts")
         demo = agreement_demo(lm, n_rank=n_rank, n_eval=n_eval, ks=ks, n_random=n_random, method=method,
                               n_neutral=n_neutral, seed=seed, progress=progress_enabled())
         d = demo.to_dict()
@@ -341,9 +380,14 @@ def register(cli: click.Group) -> None:
         from lmscope.neurons import parse_neurons
         from lmscope.positions import normalize
 
+        vals = _values(values)
+        check_neurons(model, "L.N[,L.N...]", neuron_spec)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device)
+        stage(f"setting {neuron_spec} to {len(vals)} values on the prompts of {prompts}")
         res = dose_response(lm, parse_neurons(lm, neuron_spec), _prompt_set(prompts, field), target=target,
-                            baseline=baseline, values=_values(values), positions=normalize(positions),
+                            baseline=baseline, values=vals, positions=normalize(positions),
                             progress=progress_enabled())
         d = res.to_dict()
         if plot_path:
@@ -378,10 +422,14 @@ def register(cli: click.Group) -> None:
     @device_option
     def show(model, neuron_spec, recording, corpus, max_tokens, k, html_path, as_json, device):
         """One neuron: LM-head decoding, statistics and top examples."""
+        check_neurons(model, "L.N", neuron_spec)
+        stage = Stages(3)
+        stage(f"loading {model}")
         lm = load_model(model, device)
         layer, n = _one_neuron(lm, neuron_spec)
+        stage(f"decoding neuron {layer}.{n} through the LM head")
         decoding, why = _decode(lm, layer, n)
-        rec = _recording_for(lm, layer, n, "neurons", recording, corpus, max_tokens, k)
+        rec = _recording_for(lm, layer, n, "neurons", recording, corpus, max_tokens, k, stage=stage)
         ex = rec.examples(layer, n, lm.tokenizer, k=k)
         stats = rec.neuron_stats(layer, n)
         if html_path:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._common import console, device_option, dtype_option, emit_json, json_option, load_model, model_argument, \
-    progress_enabled
+from ._common import Stages, check_layers, console, device_option, dtype_option, emit_json, json_option, load_model, \
+    model_argument, progress_enabled
 
 chat_option = click.option("--chat/--no-chat", default=None,
                            help="Chat template (default: on for refusal/sycophancy data and tasks, else off).")
@@ -117,13 +117,18 @@ def register(cli: click.Group) -> None:
         from lmscope.contrast_data import load_contrast
         from lmscope.vectors import ExtractConfig, best_separating_layer, make_vector
 
-        lm = load_model(model, device, dtype)
-        contrast = load_contrast(data)
+        contrast = load_contrast(data)  # a bad name or file fails before the model loads
         if limit:
             contrast = contrast.head(limit)
+        check_layers(model, "--layers", layers, parse=_parse_layers)
+        stage = Stages(2)
+        stage(f"loading {model}")
+        lm = load_model(model, device, dtype)
         chat = _dataset_default_chat(contrast.name, lm) if chat is None else chat
         cfg = ExtractConfig(method=method, position=position, site=site, chat=chat,
                             layers=_parse_layers(layers, lm.n_layers), batch_size=batch_size, balance=balance)
+        stage(f"recording {site} over the {len(contrast)} pairs of {contrast.name}: the {method} vector from "
+              f"{1 - held_out:.0%} of them, its per-layer separation on the rest")
         vec, _ = make_vector(lm, contrast, cfg, held_out=held_out, seed=seed, progress=progress_enabled())
         path = vec.save(out)
         fig = None
@@ -176,11 +181,18 @@ def register(cli: click.Group) -> None:
         from lmscope.steering import sweep as run_sweep
         from lmscope.vectors import Vector
 
+        coef_list = _parse_floats(coefs)
+        check_layers(model, "--layers", layers, parse=_parse_layers)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         vec = Vector.load(file, model=lm)
         t = _task_for(lm, vec, data, task, chat, n_eval)
-        cfg = SweepConfig(layers=_parse_layers(layers, lm.n_layers), coefs=_parse_floats(coefs), relative=not raw,
+        cfg = SweepConfig(layers=_parse_layers(layers, lm.n_layers), coefs=coef_list, relative=not raw,
                           goal=goal, kl_max=kl_max, repetition_margin=repetition_margin, gen_tokens=gen_tokens)
+        n_lay = len(cfg.layers) if cfg.layers else "~8"
+        stage(f"sweeping {n_lay} layers x {len(coef_list)} coefficients: {t.name} on {n_eval} prompts, "
+              f"KL and repetition on the side")
         res = run_sweep(lm, vec, t, cfg, progress=progress_enabled())
         d = res.to_dict()
         if out:
@@ -230,9 +242,13 @@ def register(cli: click.Group) -> None:
         from lmscope.steering import verify as run_verify
         from lmscope.vectors import Vector
 
+        check_layers(model, "--layer", layer)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         vec = Vector.load(file, model=lm)
         t = _task_for(lm, vec, data, task, chat, n_eval)
+        stage(f"verifying at layer {layer}: {t.name} on {n_eval} prompts, vector vs {n_random} random directions")
         rep = run_verify(lm, vec, t, layer=layer, coef=coef, mode=mode, relative=not raw, n_random=n_random, seed=seed)
         d = rep.to_dict()
         if out:
@@ -279,8 +295,12 @@ def register(cli: click.Group) -> None:
         from lmscope.steering import raw_scale, steer_edits, with_resid_norms
         from lmscope.vectors import Vector
 
+        check_layers(model, "--layer", layer)
+        stage = Stages(2)
+        stage(f"loading {model}")
         lm = load_model(model, device, dtype)
         vec = Vector.load(file, model=lm)
+        stage(f"generating {len(prompts)} x {max_new_tokens} tokens with and without the vector")
         if not raw and mode != "ablate":
             vec = with_resid_norms(lm, vec)
         layer = vec.layers[0] if layer is None and len(vec) == 1 else layer
@@ -347,6 +367,7 @@ def register(cli: click.Group) -> None:
         """What the direction means in token space: final norm + unembedding of v[layer]."""
         from lmscope.vectors import Vector
 
+        check_layers(model, "--layer", layer)
         lm = load_model(model, device)
         vec = Vector.load(file, model=lm)
         top = vec.top_tokens(lm, layer, k)
