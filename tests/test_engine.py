@@ -258,3 +258,23 @@ def test_cached_forward_whose_prompt_was_not_seen_refuses_prompt_positions(tiny)
         edit = ls.Add(site="layers.0.resid_post", vector=torch.ones(tiny.d_model), positions="last")
         with tiny.intervene(edit), pytest.raises(EngineError, match="never saw"):
             tiny.hf(input_ids=batch.input_ids[:, -1:], use_cache=True, **{cache_keyword(tiny): cache})
+
+
+def test_edits_at_the_logits_follow_the_columns_the_model_unembeds(tiny):
+    # the logits site is the LM head's output (before Gemma-2's final softcap): check which
+    # columns move, not by how much
+    v = torch.full((tiny.d_vocab,), 5.0)
+    for logits in ("all", "last"):
+        base = tiny.run(PROMPTS, logits=logits).logits
+        for pos in ("all", "last"):
+            got = tiny.run(PROMPTS, edits=[ls.Add(site="logits", vector=v, positions=pos)], logits=logits).logits
+            moved = (got - base).abs().amax(-1) > 1e-3  # [batch] or [batch, pos]
+            if logits == "last":
+                assert moved.all()
+            else:
+                real = tiny.tokenize(PROMPTS).attention_mask.bool()
+                want = real.clone() if pos == "all" else torch.zeros_like(real)
+                want[:, -1] = True
+                assert torch.equal(moved & real, want)
+    out = tiny.generate(PROMPTS, edits=[ls.Add(site="logits", vector=v)], max_new_tokens=3, min_new_tokens=3)
+    assert out.tokens.shape == (2, 3)

@@ -276,7 +276,17 @@ def _gather(x: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(x, 1, idx.reshape(*idx.shape, *[1] * (x.dim() - 2)).expand(shape))
 
 
+def _tail(st: P.ChunkState, x: Tensor) -> P.ChunkState:
+    """The chunk state of a tensor that holds only the chunk's last columns (logits computed
+    with `logits_to_keep`, as generation and `run(logits="last")` do)."""
+    n = x.shape[1]
+    if n >= st.length:
+        return st
+    return P.ChunkState(st.offset + st.length - n, n, st.prompt_len, st.pad, st.valid[:, -n:])
+
+
 def _apply_edit(edit: Edit, site: Site, x: Tensor, st: P.ChunkState) -> Tensor:
+    st = _tail(st, x) if site.kind == "logits" else st
     sel = P.resolve(edit.positions, st)
     if sel is None:
         return x
@@ -392,6 +402,8 @@ class _Engine:
 
     def _record(self, cap: _Capture, x: Tensor) -> None:
         st = self.state.chunk
+        if cap.site.kind == "logits" and st is not None:
+            st = _tail(st, x)
         if self.grad:
             if x.requires_grad:
                 x.retain_grad()

@@ -431,7 +431,7 @@ class Model:
         if not ids:
             raise InputError(f"{token!r} encodes to no tokens.")
         if len(ids) > 1:
-            log.warning("%r is %d tokens; using the first, %r", token, len(ids), self.tokenizer.decode(ids[:1]))
+            log.warning("%r is %d tokens; using the first, %r", token[:60], len(ids), self.tokenizer.decode(ids[:1]))
         return ids[0]
 
     # ---- convenience (thin wrappers over the modules that do the work) -------------------

@@ -67,11 +67,19 @@ def normalize(spec: PositionSpec) -> PositionSpec:
             ) from None
     if isinstance(spec, bool):
         raise InputError("Positions must be ints, slices or 'all'/'last'/'generated', not a bool.")
-    if isinstance(spec, int | slice):
+    if isinstance(spec, int):
+        _check_int(spec)
+        return spec
+    if isinstance(spec, slice):
+        for x in (spec.start, spec.stop):
+            if x is not None:
+                _check_int(x)
         return spec
     if isinstance(spec, list | tuple):
         if not spec or not all(isinstance(p, int) and not isinstance(p, bool) for p in spec):
             raise InputError(f"A position list must be a non-empty list of ints, got {spec!r}.")
+        for p in spec:
+            _check_int(p)
         if len(set(spec)) != len(spec):
             raise InputError(f"Position list {spec!r} repeats a position.")
         return list(spec)
@@ -80,6 +88,15 @@ def normalize(spec: PositionSpec) -> PositionSpec:
             raise InputError("Per-row positions must be an integer tensor of shape [batch] or [batch, k].")
         return spec.long()
     raise InputError(f"Unsupported position spec {spec!r}.")
+
+
+_MAX_POSITION = 2**31 - 1
+
+
+def _check_int(p: int) -> None:
+    if not -_MAX_POSITION <= p <= _MAX_POSITION:
+        raise SiteError(f"Position {p} is out of range for any prompt; positions are token indices "
+                        "(0 = first, -1 = last).")
 
 
 def is_single(spec: PositionSpec) -> bool:

@@ -17,6 +17,46 @@ dtype_option = click.option("--dtype", default="float32", show_default=True,
                             type=click.Choice(["float32", "bfloat16", "float16"]))
 
 
+class _OutPath(click.ParamType):
+    """An output file or folder, checked by a real write when the command line is parsed, so
+    an unwritable --out fails before any model load or work (exit 2)."""
+
+    def __init__(self, folder: bool, suffixes: tuple[str, ...] = ()) -> None:
+        self.folder, self.suffixes = folder, suffixes
+        self.name = "folder" if folder else "file"
+
+    def convert(self, value, param, ctx):
+        from pathlib import Path
+
+        from lmscope.artifacts import check_writable
+        from lmscope.errors import LmscopeError
+
+        if value is None:
+            return None
+        p = Path(str(value)).expanduser()
+        if self.suffixes and p.suffix.lower() not in self.suffixes:
+            self.fail(f"{str(p)[:200]} should end in {' or '.join(self.suffixes)}.", param, ctx)
+        try:
+            if self.folder:
+                if p.exists() and not p.is_dir():
+                    raise click.BadParameter(f"{p} is a file; expected a folder.", ctx=ctx, param=param)
+                check_writable(p / ".lmscope-out", what="output folder")
+            else:
+                check_writable(p, what="output file")
+        except LmscopeError as e:
+            self.fail(str(e), param, ctx)
+        except OSError as e:
+            self.fail(f"Cannot write {str(p)[:200]}: {e.strerror or e}.", param, ctx)
+        return str(value)
+
+
+OUT_FILE = _OutPath(folder=False)
+OUT_DIR = _OutPath(folder=True)
+PLOT_FILE = _OutPath(folder=False, suffixes=(".png", ".svg", ".pdf"))
+HTML_FILE = _OutPath(folder=False, suffixes=(".html", ".htm"))
+SEED = click.IntRange(0, 2**32 - 1)  # what torch.manual_seed and random.Random accept
+
+
 def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
     import torch
 

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import click
 
-from ._common import Stages, check_layers, check_neurons, console, device_option, dtype_option, emit_json, \
-    json_option, load_model, progress_enabled
+from ._common import (
+    OUT_FILE,
+    PLOT_FILE,
+    SEED,
+    Stages,
+    check_layers,
+    check_neurons,
+    console,
+    device_option,
+    dtype_option,
+    emit_json,
+    json_option,
+    load_model,
+    progress_enabled,
+)
 
 
 def _fmt(tokens, n: int = 8) -> str:
@@ -40,7 +53,7 @@ def register(cli: click.Group) -> None:
     @atlas.command()
     @click.argument("model", default="gemma-3-270m", required=False)
     @click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Tokens kept per neuron.")
-    @click.option("--out", type=click.Path(dir_okay=False), help="Atlas file (default: the lmscope cache).")
+    @click.option("--out", type=OUT_FILE, help="Atlas file (default: the lmscope cache).")
     @click.option("--layers", help="Comma-separated layers (default: all).")
     @json_option
     @device_option
@@ -79,7 +92,8 @@ def register(cli: click.Group) -> None:
                   type=click.Choice(["any", "in", "out", "out_bottom", "in_gate", "in_up"]),
                   help="Which decoded weights to search (any = in_gate, in_up, out).")
     @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
-    @click.option("--atlas", "path", type=click.Path(dir_okay=False), help="Atlas file (default: the cache).")
+    @click.option("--atlas", "path", type=click.Path(exists=True, dir_okay=False),
+                  help="An atlas file built by `atlas build --out` (default: the cache, built on first use).")
     @json_option
     @device_option
     def search(model, query, kind, limit, path, as_json, device) -> None:
@@ -138,8 +152,8 @@ def register(cli: click.Group) -> None:
     @click.option("--layers", help="Comma-separated layers (default: all).")
     @click.option("--perturb", type=click.FloatRange(0), help="Without MODEL_B: compare MODEL_A with a copy whose "
                   "MLP weights get Gaussian noise of this many standard deviations (seeded by --seed).")
-    @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of the per-layer shares.")
+    @click.option("--seed", default=0, show_default=True, type=SEED)
+    @click.option("--plot", type=PLOT_FILE, help="Write a PNG of the per-layer shares.")
     @json_option
     @device_option
     def compare(model_a, model_b, layers, perturb, seed, plot, as_json, device) -> None:
@@ -190,8 +204,8 @@ def register(cli: click.Group) -> None:
     @click.option("--n", "n", default=1, show_default=True, type=click.IntRange(1, 100),
                   help="Generations per prompt (n > 1 samples with --seed).")
     @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 1024))
-    @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of rates and probability ratios.")
+    @click.option("--seed", default=0, show_default=True, type=SEED)
+    @click.option("--plot", type=PLOT_FILE, help="Write a PNG of rates and probability ratios.")
     @json_option
     @device_option
     def clamp(model, neurons, value, times, prompts, chat, concept, n, max_new_tokens, seed, plot, as_json,
@@ -201,8 +215,14 @@ def register(cli: click.Group) -> None:
         NEURONS is L.N[,L.N2...]. Each is set to --value (or --times x its natural max on
         neutral prompts) at every position; a random neuron of the same layer gets the same
         value as the control."""
-        from lmscope.clamping import (ClampConfig, clamp_experiment, load_concept, natural_activation,
-                                      neutral_prompts, parse_neurons)
+        from lmscope.clamping import (
+            ClampConfig,
+            clamp_experiment,
+            load_concept,
+            natural_activation,
+            neutral_prompts,
+            parse_neurons,
+        )
 
         cons = load_concept(concept) if concept else None
         prompts = list(prompts) or ([cons["prompt"]] if cons else [])

@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import click
 
-from ._common import Stages, check_layers, check_sites, console, device_option, dtype_option, emit_json, \
-    json_option, load_model, model_argument
+from ._common import (
+    OUT_DIR,
+    SEED,
+    Stages,
+    check_layers,
+    check_sites,
+    console,
+    device_option,
+    dtype_option,
+    emit_json,
+    json_option,
+    load_model,
+    model_argument,
+)
 
 
 def _vector_from_artifact(path: str, layer: int | None, model):
-    """A steering vector from a saved artifact: key `vector`, or `layers.L` for per-layer sets."""
-    from lmscope.artifacts import load_artifact
+    """One layer's direction of a saved vector (`Vector.load`): the only layer it holds, or `layer`."""
     from lmscope.errors import InputError
+    from lmscope.vectors import Vector
 
-    tensors, side = load_artifact(path, model=model)
+    vec = Vector.load(path, model=model)
+    held = ", ".join(map(str, vec.layers))
     if layer is None:
-        layer = side.get("layer")
-    if f"layers.{layer}" in tensors:
-        return tensors[f"layers.{layer}"], layer
-    if "vector" in tensors:
-        if layer is None:
-            raise InputError(f"{path} does not say which layer it is for; pass --layer L.")
-        return tensors["vector"], layer
-    keys = ", ".join(sorted(tensors))
-    raise InputError(f"{path} has no vector for layer {layer} (it holds: {keys}); pass --layer with one of them.")
+        if len(vec.layers) != 1:
+            raise InputError(f"{path} holds vectors for layers {held}; pass --layer with one of them.")
+        layer = vec.layers[0]
+    elif layer % model.n_layers not in vec.layers:
+        raise InputError(f"{path} has no vector for layer {layer} (it holds layers {held}); "
+                         "pass --layer with one of them.")
+    layer %= model.n_layers
+    return vec[layer], layer
 
 
 def _parse_clamp(spec: str):
@@ -115,7 +127,7 @@ def register(cli: click.Group) -> None:
     @click.option("--scale", default=1.0, show_default=True, type=float, help="Coefficient of the vector.")
     @click.option("--clamp", "clamps", multiple=True, help="SITE=VALUE, e.g. 'layers.5.mlp.neurons[100]=8'.")
     @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
-    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--compare", is_flag=True, help="Also generate without the edits.")
     @json_option
     @device_option
@@ -152,7 +164,7 @@ def register(cli: click.Group) -> None:
 def register_tour(cli: click.Group) -> None:
     @cli.command()
     @model_argument
-    @click.option("--out", "out_dir", default="lmscope-tour", show_default=True, type=click.Path(file_okay=False),
+    @click.option("--out", "out_dir", default="lmscope-tour", show_default=True, type=OUT_DIR,
                   help="Folder for the figures and files the tour writes.")
     @click.option("--only", multiple=True, help="Run only these steps (repeatable).")
     @json_option
@@ -170,7 +182,13 @@ def register_tour(cli: click.Group) -> None:
         from rich.table import Table
 
         from lmscope.errors import InputError
-        from lmscope.tour import STEPS, TourContext, check_steps, failure_summary, run_tour
+        from lmscope.tour import (
+            STEPS,
+            TourContext,
+            check_steps,
+            failure_summary,
+            run_tour,
+        )
 
         try:
             check_steps(only)  # before the model load: a typo must not cost one

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from ._common import (
+    OUT_DIR,
+    OUT_FILE,
+    SEED,
     Stages,
     check_layers,
     console,
@@ -105,7 +108,7 @@ def register(cli: click.Group) -> None:
                      help="Held-out queries."),
         click.option("--method", type=_METHODS, default="mean-diff", show_default=True,
                      help="mean-diff (add), replace (Hendel), heads (Todd)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--template", type=click.Choice(["arrow", "qa", "hendel"]), default="arrow", show_default=True),
         click.option("--top-heads", type=click.IntRange(1, 1000), default=5, show_default=True,
                      help="Heads summed (--method heads)."),
@@ -152,7 +155,7 @@ def register(cli: click.Group) -> None:
     @model_argument
     @click.option("--task", required=True, help="Shipped task name or a JSONL file of {input, output}.")
     @with_common
-    @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Vector file (.safetensors).")
+    @click.option("--out", "out", required=True, type=OUT_FILE, help="Vector file (.safetensors).")
     @json_option
     @device_option
     @dtype_option
@@ -194,7 +197,7 @@ def register(cli: click.Group) -> None:
     @click.option("--layers", default=None, help="'3,6,9', '4:12' or 'all' (default).")
     @click.option("--scale", type=float, default=1.0, show_default=True, help="Coefficient (add mode).")
     @click.option("--positions", type=click.Choice(["last", "all"]), default="last", show_default=True)
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for the figure.")
+    @click.option("--out", "out_dir", type=OUT_DIR, help="Directory for the figure.")
     @click.option("--record", is_flag=True, help="Store the per-layer result in the vector's sidecar.")
     @json_option
     @device_option
@@ -244,7 +247,7 @@ def register(cli: click.Group) -> None:
     @click.option("--layers", default=None, help="'3,6,9', '4:12' or 'all' (default).")
     @click.option("--scale", type=float, default=1.0, show_default=True)
     @click.option("--positions", type=click.Choice(["last", "all"]), default="last", show_default=True)
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for vectors and figures.")
+    @click.option("--out", "out_dir", type=OUT_DIR, help="Directory for vectors and figures.")
     @json_option
     @device_option
     @dtype_option
@@ -308,7 +311,7 @@ def register(cli: click.Group) -> None:
     @with_common
     @click.option("--layers", default=None, help="'3,6,9', '4:12' or 'all' (default).")
     @click.option("--scale", type=float, default=1.0, show_default=True)
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for the figure.")
+    @click.option("--out", "out_dir", type=OUT_DIR, help="Directory for the figure.")
     @json_option
     @device_option
     @dtype_option

@@ -14,8 +14,19 @@ from pathlib import Path
 
 import click
 
-from ._common import Stages, check_layers, console, device_option, dtype_option, emit_json, json_option, load_model, \
-    progress_enabled
+from ._common import (
+    OUT_DIR,
+    SEED,
+    Stages,
+    check_layers,
+    console,
+    device_option,
+    dtype_option,
+    emit_json,
+    json_option,
+    load_model,
+    progress_enabled,
+)
 
 
 def _layers(spec: str | None) -> list[int] | None:
@@ -59,7 +70,7 @@ def register(cli: click.Group) -> None:
     @click.option("--unembed-mode", default="frozen", show_default=True,
                   type=click.Choice(["frozen", "own_norm", "raw"]), help="How --layer-tokens unembeds a part.")
     @click.option("--chat", is_flag=True, help="Apply the model's chat template.")
-    @click.option("--out", type=click.Path(file_okay=False), help="Directory for figures and result.json.")
+    @click.option("--out", type=OUT_DIR, help="Directory for figures and result.json.")
     @json_option
     @device_option
     @dtype_option
@@ -123,8 +134,8 @@ def register(cli: click.Group) -> None:
     @click.option("--top-k", "top_k", default=10, show_default=True, type=click.IntRange(1, 1000))
     @click.option("--max-new-tokens", default=0, show_default=True, type=click.IntRange(0, 1024),
                   help="Also generate before/after.")
-    @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random control vector.")
-    @click.option("--out", type=click.Path(file_okay=False), help="Directory for the figure and result.json.")
+    @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random control vector.")
+    @click.option("--out", type=OUT_DIR, help="Directory for the figure and result.json.")
     @json_option
     @device_option
     @dtype_option
@@ -188,8 +199,8 @@ def register(cli: click.Group) -> None:
     @click.option("--entities", "entities_file", type=click.Path(exists=True, dir_okay=False),
                   help="Entity sweep: JSONL of {'entity', 'keywords'} rows (default: patchscope_entities.jsonl).")
     @click.option("--layers", help="Sweep: comma-separated layers (default: all).")
-    @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--out", type=click.Path(file_okay=False), help="Directory for figures and result JSON.")
+    @click.option("--seed", default=0, show_default=True, type=SEED)
+    @click.option("--out", type=OUT_DIR, help="Directory for figures and result JSON.")
     @json_option
     @device_option
     @dtype_option
@@ -283,9 +294,9 @@ def register(cli: click.Group) -> None:
     @click.option("--gen-tokens", default=0, show_default=True, type=click.IntRange(0, 256),
                   help="Also count a query as answered when the answer appears in this many greedy tokens "
                        "(case selection only; fixes are judged by the next token).")
-    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
-    @click.option("--out", type=click.Path(file_okay=False), help="Directory for the heatmap and result JSON.")
+    @click.option("--out", type=OUT_DIR, help="Directory for the heatmap and result JSON.")
     @json_option
     @device_option
     @dtype_option

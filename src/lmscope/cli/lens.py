@@ -6,7 +6,19 @@ from pathlib import Path
 
 import click
 
-from ._common import Stages, console, device_option, dtype_option, emit_json, json_option, load_model, progress_enabled
+from ._common import (
+    OUT_DIR,
+    OUT_FILE,
+    SEED,
+    Stages,
+    console,
+    device_option,
+    dtype_option,
+    emit_json,
+    json_option,
+    load_model,
+    progress_enabled,
+)
 
 
 def register(cli: click.Group) -> None:
@@ -21,7 +33,7 @@ def register(cli: click.Group) -> None:
     @click.option("--top-k", "top_k", default=5, show_default=True, type=click.IntRange(1, 100))
     @click.option("--tuned", "tuned_file", type=click.Path(dir_okay=False), help="Use this tuned lens artifact.")
     @click.option("--chat", is_flag=True, help="Apply the model's chat template.")
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False),
+    @click.option("--out", "out_dir", type=OUT_DIR,
                   help="Write the heatmap (PNG and HTML) and the target plot here.")
     @json_option
     @device_option
@@ -54,8 +66,8 @@ def register(cli: click.Group) -> None:
     @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]))
     @click.option("--lr", type=float, help="Peak learning rate (default: 0.1 SGD, 1e-3 Adam).")
     @click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(0))
-    @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--out", "out_file", type=click.Path(dir_okay=False),
+    @click.option("--seed", default=0, show_default=True, type=SEED)
+    @click.option("--out", "out_file", type=OUT_FILE,
                   help="Artifact path (default: MODEL.tuned_lens.safetensors).")
     @click.option("--resume", is_flag=True, help="Continue training the artifact at --out.")
     @json_option
@@ -96,8 +108,8 @@ def register(cli: click.Group) -> None:
     @click.option("--corpus", type=click.Path(exists=True), help="Held-out text (default: the held-out windows "
                   "of the shipped corpus).")
     @click.option("--positions", default=256, show_default=True, type=click.IntRange(1))
-    @click.option("--seed", default=1, show_default=True, type=int)
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write kl_comparison.png here.")
+    @click.option("--seed", default=1, show_default=True, type=SEED)
+    @click.option("--out", "out_dir", type=OUT_DIR, help="Write kl_comparison.png here.")
     @json_option
     @device_option
     @dtype_option
@@ -141,8 +153,8 @@ def register(cli: click.Group) -> None:
                   help="JSONL of word translations, one object per line keyed by language (default: shipped).")
     @click.option("--shots", default=4, show_default=True, type=click.IntRange(1, 20))
     @click.option("--limit", type=click.IntRange(1), help="Use at most this many words.")
-    @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write latent_language.png here.")
+    @click.option("--seed", default=0, show_default=True, type=SEED)
+    @click.option("--out", "out_dir", type=OUT_DIR, help="Write latent_language.png here.")
     @json_option
     @device_option
     @dtype_option

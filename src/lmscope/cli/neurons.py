@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ._common import Stages, check_layers, check_neurons, console, device_option, emit_json, json_option, load_model, \
-    model_argument, precheck, progress_enabled
+from ._common import (
+    HTML_FILE,
+    OUT_FILE,
+    PLOT_FILE,
+    SEED,
+    Stages,
+    check_layers,
+    check_neurons,
+    console,
+    device_option,
+    emit_json,
+    json_option,
+    load_model,
+    model_argument,
+    precheck,
+    progress_enabled,
+)
 
 _KINDS = click.Choice(["neurons", "gate", "up"])
 kind_option = click.option("--kind", default="neurons", show_default=True, type=_KINDS,
@@ -123,7 +138,7 @@ def register(cli: click.Group) -> None:
     @click.option("--window", type=click.IntRange(8, 4096), default=64, show_default=True)
     @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
     @click.option("--top-k", type=click.IntRange(1, 1000), default=20, show_default=True)
-    @click.option("--out", "out", type=click.Path(dir_okay=False), help="Save the recording (.safetensors).")
+    @click.option("--out", "out", type=OUT_FILE, help="Save the recording (.safetensors).")
     @json_option
     @device_option
     def record(model, layers, kind, units, corpus, max_tokens, window, batch_size, top_k, out, as_json, device):
@@ -160,7 +175,7 @@ def register(cli: click.Group) -> None:
     @click.option("--corpus", type=click.Path(exists=True), help="Corpus to record over when no --recording.")
     @click.option("--max-tokens", type=click.IntRange(1), default=20_000, show_default=True)
     @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Examples shown.")
-    @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML page.")
+    @click.option("--html", "html_path", type=HTML_FILE, help="Write a self-contained HTML page.")
     @json_option
     @device_option
     def top(model, neuron_spec, kind, recording, corpus, max_tokens, k, html_path, as_json, device):
@@ -253,8 +268,8 @@ def register(cli: click.Group) -> None:
                   help="Prompts to rank on (attribution; default: --prompts) - hold some out.")
     @click.option("--rank-data", type=click.Path(exists=True, dir_okay=False), help="Labelled JSONL (correlation).")
     @click.option("--n-random", type=click.IntRange(1), default=3, show_default=True)
-    @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="PNG of the curve.")
+    @click.option("--seed", default=0, show_default=True, type=SEED)
+    @click.option("--plot", "plot_path", type=PLOT_FILE, help="PNG of the curve.")
     @json_option
     @device_option
     def ablate(model, neuron_spec, prompts, field, target, baseline, method, reference, neutral, n_neutral, curve, k_max,
@@ -328,8 +343,8 @@ def register(cli: click.Group) -> None:
     @click.option("--n-random", type=click.IntRange(1), default=3, show_default=True)
     @click.option("--method", default="zero", show_default=True, type=click.Choice(["zero", "mean", "resample"]))
     @click.option("--n-neutral", type=click.IntRange(0), default=16, show_default=True)
-    @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="PNG of the curve.")
+    @click.option("--seed", default=0, show_default=True, type=SEED)
+    @click.option("--plot", "plot_path", type=PLOT_FILE, help="PNG of the curve.")
     @json_option
     @device_option
     def agreement(model, n_rank, n_eval, k_max, n_random, method, n_neutral, seed, plot_path, as_json, device):
@@ -371,7 +386,7 @@ def register(cli: click.Group) -> None:
     @click.option("--baseline", help="Contrast token.")
     @click.option("--values", default="-4:8:13", show_default=True, help="START:STOP:COUNT or a list 0,2,4.")
     @click.option("--positions", default="all", show_default=True, help="all, last, or token indices.")
-    @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="PNG of the curve.")
+    @click.option("--plot", "plot_path", type=PLOT_FILE, help="PNG of the curve.")
     @json_option
     @device_option
     def dose(model, neuron_spec, prompts, field, target, baseline, values, positions, plot_path, as_json, device):
@@ -417,7 +432,7 @@ def register(cli: click.Group) -> None:
     @click.option("--corpus", type=click.Path(exists=True), help="Corpus to record over when no --recording.")
     @click.option("--max-tokens", type=click.IntRange(1), default=8192, show_default=True)
     @click.option("-k", "k", type=click.IntRange(1, 1000), default=8, show_default=True)
-    @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML page.")
+    @click.option("--html", "html_path", type=HTML_FILE, help="Write a self-contained HTML page.")
     @json_option
     @device_option
     def show(model, neuron_spec, recording, corpus, max_tokens, k, html_path, as_json, device):

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import click
 
-from ._common import Stages, check_layers, console, device_option, dtype_option, emit_json, json_option, load_model, \
-    model_argument, progress_enabled
+from ._common import (
+    OUT_DIR,
+    OUT_FILE,
+    PLOT_FILE,
+    SEED,
+    Stages,
+    check_layers,
+    console,
+    device_option,
+    dtype_option,
+    emit_json,
+    json_option,
+    load_model,
+    model_argument,
+    progress_enabled,
+)
 
 chat_option = click.option("--chat/--no-chat", default=None,
                            help="Chat template (default: on for refusal/sycophancy data and tasks, else off).")
@@ -101,13 +115,13 @@ def register(cli: click.Group) -> None:
     @chat_option
     @click.option("--layers", help="Layers to keep: '4,8,12', 'START:STOP:STEP' (default: all).")
     @click.option("--held-out", default=0.25, show_default=True, type=click.FloatRange(0.01, 0.99, min_open=False))
-    @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the train/held-out split.")
+    @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the train/held-out split.")
     @click.option("--limit", type=click.IntRange(2, None), help="Use only the first N items (quick runs).")
     @click.option("--balance/--no-balance", default=None,
                   help="Equal weight per distinct answer pair (default: on for completions data, e.g. CAA A/B).")
     @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
-    @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Vector file (.safetensors).")
-    @click.option("--plot", type=click.Path(dir_okay=False), help="PNG of the per-layer norm and separation.")
+    @click.option("--out", "out", required=True, type=OUT_FILE, help="Vector file (.safetensors).")
+    @click.option("--plot", type=PLOT_FILE, help="PNG of the per-layer norm and separation.")
     @json_option
     @device_option
     @dtype_option
@@ -169,7 +183,7 @@ def register(cli: click.Group) -> None:
     @click.option("--gen-tokens", default=16, show_default=True, type=click.IntRange(0, 256),
                   help="Tokens per generation for the repetition score (0: skip).")
     @click.option("--n-eval", default=16, show_default=True, type=click.IntRange(1, 1000))
-    @click.option("--out", "out", type=click.Path(file_okay=False), help="Folder for sweep.json and sweep.png.")
+    @click.option("--out", "out", type=OUT_DIR, help="Folder for sweep.json and sweep.png.")
     @click.option("--record", is_flag=True, help="Store the result in the vector's sidecar.")
     @json_option
     @device_option
@@ -229,9 +243,9 @@ def register(cli: click.Group) -> None:
     @task_option
     @chat_option
     @click.option("--n-random", default=3, show_default=True, type=click.IntRange(1, 100))
-    @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first random control.")
+    @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the first random control.")
     @click.option("--n-eval", default=16, show_default=True, type=click.IntRange(1, 1000))
-    @click.option("--out", "out", type=click.Path(file_okay=False), help="Folder for verify.json and verify.png.")
+    @click.option("--out", "out", type=OUT_DIR, help="Folder for verify.json and verify.png.")
     @click.option("--record", is_flag=True, help="Store the result in the vector's sidecar.")
     @json_option
     @device_option
@@ -382,7 +396,7 @@ def register(cli: click.Group) -> None:
     @click.argument("expression", nargs=-1, required=True)
     @click.option("--layer", type=int, help="Use only this layer of every operand.")
     @click.option("--normalize", is_flag=True, help="Scale the result to unit norm per layer.")
-    @click.option("--out", "out", required=True, type=click.Path(dir_okay=False))
+    @click.option("--out", "out", required=True, type=OUT_FILE)
     @json_option
     def algebra(expression, layer, normalize, out, as_json) -> None:
         """Combine vector files: A.safetensors + 0.5*B.safetensors - C.safetensors (spaces around + and -)."""

@@ -1,134 +1,67 @@
 """The studio's FastAPI app: a thin JSON layer over library calls, plus the static page.
 
     GET  /                          the page (static/index.html, app.js, style.css; no CDN)
-    GET  /api/info                  model.info() + studio limits
+    GET  /api/info                  model.info() + studio limits + queue length
     POST /api/run                   next-token distribution          (Model.run + RunResult.top_k)
     POST /api/generate              baseline and edited generation    (Model.generate, interventions)
     POST /api/logit_lens            layers x positions top tokens     (lens.logit_lens)
     GET  /api/atlas/search?q=dog    neurons whose decoded tokens match (atlas.load_atlas().search)
     GET  /api/neuron/{layer}/{n}    one neuron's weights in token space (atlas.decode_neuron)
 
-One model per process, loaded before the server starts. Every call that touches the model
-holds one lock: the hook engine keeps per-model state, so two forwards must not interleave.
-Handlers are declared with `def` (not `async def`), so FastAPI runs them in its thread pool
-and a long generation does not block the event loop; they wait on the lock in turn.
+One model per process, loaded before the server starts. Every call that touches the model is
+a job on one `Worker` thread (the hook engine keeps per-model state, so two forwards must not
+interleave); atlas searches run on a second one. Handlers are `async` and only await their
+job, so a waiting request holds no thread, and `/`, `/static/*` and `/api/info` are answered
+at once however many jobs wait. Past `max_waiting` waiting jobs a request gets 503 with
+`Retry-After`.
 
-Errors: an `LmscopeError` becomes HTTP 400 `{"error": message}`; a request body or query that
-does not validate is FastAPI's 422; a feature whose module is absent is 501 `{"error": ...}`.
+Errors are JSON with an `error` message: an `LmscopeError` is 400; a body or query that does
+not validate is 422 (also with FastAPI's `detail` list, minus the echoed input); a foreign Host
+header 400 and an oversized body 413 (`guard.Guard`); a full queue 503; a feature whose module
+is absent 501; anything else 500 with the traceback in the server log only.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import os
+import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from lmscope.errors import InputError, LmscopeError
+
+from .bodies import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, GenerateRequest, LensRequest, RunRequest, validation_body
+from .edits import VectorFolders, build_edits
+from .guard import LOCAL_HOSTS, Guard, short
+from .worker import Busy, Worker
+
+__all__ = ["LOCAL_HOSTS", "MAX_NEW_TOKENS", "MAX_PROMPT_CHARS", "create_app"]
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-MAX_NEW_TOKENS = 128
-MAX_PROMPT_CHARS = 4000
-#: Host headers accepted by default. Binding to 127.0.0.1 is not enough on its own: a web page
-#: could reach it through DNS rebinding with a foreign Host header; "testserver" is TestClient's.
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "testserver")
+#: Tokens after tokenizing (and the chat template): 4,000 characters can be 12,000 tokens.
+MAX_PROMPT_TOKENS = 1024
+#: The lens returns layers x positions x top_k [token, prob] pairs (~25 bytes each, plus each
+#: cell's layer, pos and kl): <= ~2 MB of JSON.
+MAX_LENS_ENTRIES = 60_000
+#: ...and computes layers x positions x d_vocab logits (time while the model is held).
+MAX_LENS_LOGITS = 5 * 10**8  # smollm2-135m: 339 positions (400 took 28 s on a busy 2-core CPU)
+MAX_WAITING = 64
+MAX_BODY_BYTES = 256 * 1024
 
 
 class Unavailable(Exception):
     """A studio feature whose library module is not installed (HTTP 501)."""
-
-
-# ---- request bodies -------------------------------------------------------------------------
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RunRequest(_Body):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    top_k: int = Field(10, ge=1, le=100)
-    chat: bool = False
-
-
-class EditSpec(_Body):
-    """One edit. add: `scale * vector` (from `vector_file`, or the scalar `value` added to every
-    feature); clamp: set the site to `value`; zero: set it to 0."""
-
-    type: Literal["add", "clamp", "zero"]
-    site: str = Field(min_length=1, max_length=200)
-    value: float | None = Field(None, allow_inf_nan=False)
-    vector_file: str | None = Field(None, max_length=1000)
-    scale: float = Field(1.0, allow_inf_nan=False)
-
-
-class GenerateRequest(_Body):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS)
-    chat: bool = False
-    edits: list[EditSpec] = Field(default_factory=list, max_length=16)
-
-
-class LensRequest(_Body):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    targets: list[str] = Field(default_factory=list, max_length=8)
-    top_k: int = Field(5, ge=1, le=20)
-    chat: bool = False
-
-
-# ---- helpers (library glue; kept out of the handlers) ----------------------------------------
-
-def _input_tokens(lm, batch) -> list[str]:
-    """Text of each input token of the batch's first row (left padding dropped)."""
-    ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
-    return [lm.tokenizer.decode([i]) for i in ids]
-
-
-def _artifact_vector(lm, path: str, layer: int):
-    """The [d_model] vector for `layer` from a saved artifact (keys `layers.L` or `vector`),
-    validated against the model by `load_artifact`."""
-    from lmscope.artifacts import load_artifact
-
-    tensors, side = load_artifact(Path(path).expanduser(), model=lm)
-    if f"layers.{layer}" in tensors:
-        return tensors[f"layers.{layer}"]
-    if "vector" in tensors and side.get("layer") in (None, layer):
-        return tensors["vector"]
-    keys = ", ".join(sorted(tensors)) or "none"
-    raise InputError(f"{path} has no vector for layer {layer} (it holds: {keys}); pick a site at one of those layers.")
-
-
-def build_edits(lm, specs: list[EditSpec]) -> list:
-    """`EditSpec`s -> lmscope interventions. Sites are resolved first, so a bad layer, unit or
-    name is a SiteError naming the valid range before anything runs."""
-    from lmscope.interventions import Add, Set, Zero
-
-    edits = []
-    for i, e in enumerate(specs):
-        sites = lm.sites(e.site)  # validates; "*" may name several
-        if e.type == "zero":
-            edits.append(Zero(site=e.site))
-        elif e.type == "clamp":
-            if e.value is None:
-                raise InputError(f"Edit {i + 1} (clamp {e.site}) needs a value, e.g. 8.")
-            edits.append(Set(site=e.site, value=e.value))
-        elif e.vector_file:
-            if len(sites) != 1:
-                raise InputError(f"Edit {i + 1}: a vector file is added at one site; {e.site!r} names {len(sites)}.")
-            vec = _artifact_vector(lm, e.vector_file, sites[0].layer)
-            edits.append(Add(site=e.site, vector=vec, scale=e.scale))
-        elif e.value is not None:
-            edits.append(Add(site=e.site, vector=e.value, scale=e.scale))
-        else:
-            raise InputError(f"Edit {i + 1} (add at {e.site}) needs a vector_file (a saved vector) or a value.")
-    return edits
 
 
 def _optional(module: str, name: str):
@@ -141,27 +74,75 @@ def _optional(module: str, name: str):
         raise Unavailable(f"This lmscope build has no {module}.{name}; the feature is unavailable ({e}).") from e
 
 
-# ---- the app ----------------------------------------------------------------------------------
+# ---- library glue: these run on the model's worker thread ----------------------------------------
+
+def _input_tokens(lm, batch) -> list[str]:
+    """Text of each input token of the batch's first row (left padding dropped)."""
+    ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    return [lm.tokenizer.decode([i]) for i in ids]
+
+
+def _tokenize(lm, prompt: str, chat: bool, max_tokens: int):
+    """The prompt's `Batch`, refused past `max_tokens` tokens."""
+    batch = lm.tokenize(prompt, chat=chat)
+    n = int(batch.input_ids.shape[1])
+    if n > max_tokens:
+        raise InputError(f"The prompt is {n} tokens ({len(prompt)} characters); the studio takes at most {max_tokens} "
+                         "tokens per prompt (it bounds the time the model is held). Shorten it.")
+    return batch
+
+
+def _lens_positions(lm, top_k: int, max_tokens: int) -> int:
+    """How many positions the lens reads within the studio's bounds on response size and work."""
+    return max(1, min(max_tokens, MAX_LENS_ENTRIES // (lm.n_layers * top_k),
+                      MAX_LENS_LOGITS // (lm.n_layers * lm.d_vocab)))
+
+
+def _overflow(lm, result) -> list[str]:
+    """Where the residual stream entering the final norm stops being usable: NaN, infinite, or
+    so large that its mean square overflows float32 (the norm then divides by infinity and the
+    logits collapse to a constant: greedy decoding repeats token 0, usually an empty text)."""
+    h = result.cache[f"layers.{lm.n_layers - 1}.resid_post"]  # [batch, prompt + new - 1, d_model]
+    bad = ~h.float().pow(2).mean(-1)[0].isfinite()  # [pos]
+    if not bool(bad.any()):
+        return []
+    pos, n_prompt = int(bad.nonzero()[0, 0]), int(result.batch.input_ids.shape[1])
+    first = max(1, pos - n_prompt + 2)  # the state at position p chooses the token after it
+    where = "in the prompt" if pos < n_prompt else "in the generated text"
+    return [(f"The residual stream became non-finite (NaN, infinite, or too large to square in float32) at "
+             f"position {pos} ({where}): new tokens from #{first} on are meaningless (a constant choice, often "
+             "an empty text).")]
+
+
+# ---- the app --------------------------------------------------------------------------------------
 
 def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = None,
-               allowed_hosts: tuple[str, ...] | None = LOCAL_HOSTS) -> FastAPI:
+               allowed_hosts: tuple[str, ...] | None = LOCAL_HOSTS,
+               vector_dirs: Sequence[str | os.PathLike] | None = None, max_waiting: int = MAX_WAITING,
+               max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> FastAPI:
     """Build the studio app around one model.
 
     Args:
         model_name: What to load when `model` is None (embedded name, hub id, folder, .gguf).
         model: An already loaded `lmscope.Model` (tests pass a tiny one).
         atlas_path: Neuron atlas file for search (default: the cache path of `lmscope atlas build`).
-        allowed_hosts: Host header values accepted; None accepts any (`--allow-remote`).
+        allowed_hosts: Host names accepted besides loopback addresses; None accepts any (`--allow-remote`).
+        vector_dirs: Folders an edit's `vector_file` may be read from (default: the working directory).
+        max_waiting: Model jobs that may wait behind the running one; more get 503.
+        max_prompt_tokens: Longest prompt, in tokens after tokenizing.
     """
-    # This function is the route table: each handler is a closure over `lm` and `lock`, a few
-    # lines long, and calls one library function.
+    # This function is the route table: each handler is a closure over `lm` and the workers,
+    # a few lines long, and hands one library call to a worker.
     if model is None:
         from lmscope.cli._common import load_model
 
         model = load_model(model_name)
     lm = model
-    lock = threading.Lock()
+    folders = VectorFolders(vector_dirs or [Path.cwd()])
+    model_q, atlas_q = Worker("model", max_waiting), Worker("atlas", max_waiting)
     state: dict = {"atlas": None}
+    info = lm.info()  # static: computed once, so /api/info never waits for the model
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
 
     def atlas():
         if state["atlas"] is None:
@@ -180,79 +161,132 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        model_q.close()
+        atlas_q.close()
         if state["atlas"] is not None:
             state["atlas"].close()
 
     # No /docs or /redoc: they load Swagger UI from a CDN and the studio works offline.
     app = FastAPI(title="lmscope studio", docs_url=None, redoc_url=None, lifespan=lifespan)
-    if allowed_hosts is not None:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts, max_body=MAX_BODY_BYTES)
     app.state.model = lm
+    app.state.workers = {"model": model_q, "atlas": atlas_q}
 
     @app.exception_handler(LmscopeError)
     async def _lmscope_error(request: Request, exc: LmscopeError):
         return JSONResponse(status_code=400, content={"error": str(exc)})
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse(status_code=422, content=validation_body(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):  # 404, 405: JSON with a message like the rest
+        hint = " (the API: /openapi.json)" if exc.status_code in (404, 405) else ""
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                            content={"error": f"{exc.detail}: {request.method} {short(request.url.path, 80)}{hint}",
+                                     "detail": exc.detail})
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy):
+        return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable):
         return JSONResponse(status_code=501, content={"error": str(exc)})
 
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={
+            "error": f"Internal error ({type(exc).__name__}) in the studio; the server log has the details."})
+
     @app.get("/", include_in_schema=False)
-    def index():
-        return FileResponse(STATIC / "index.html")
+    async def index():
+        return HTMLResponse(page)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/info")
-    def info():
+    async def info_():
         path = atlas_file()
-        return {**lm.info(), "studio": {"max_new_tokens": MAX_NEW_TOKENS, "atlas_path": str(path) if path else None,
-                                        "atlas_available": bool(path and path.is_file())}}
+        return {**info, "studio": {
+            "max_new_tokens": MAX_NEW_TOKENS, "max_prompt_chars": MAX_PROMPT_CHARS,
+            "max_prompt_tokens": max_prompt_tokens, "max_lens_entries": MAX_LENS_ENTRIES,
+            "max_lens_logits": MAX_LENS_LOGITS, "max_body_bytes": MAX_BODY_BYTES,
+            "atlas_path": str(path) if path else None, "atlas_available": bool(path and path.is_file()),
+            "vector_dirs": [str(f) for f in folders.folders], "queue": model_q.status()}}
 
-    @app.post("/api/run")
-    def run(req: RunRequest):
-        with lock:
-            res = lm.run(req.prompt, chat=req.chat)
-            top = res.top_k(lm, req.top_k)
-        return {"model": lm.name, "prompt": req.prompt, "chat": req.chat,
-                "n_tokens": int(res.batch.input_ids.shape[1]), "tokens": _input_tokens(lm, res.batch), "top": top}
+    def timed(name: str, fn):
+        """`fn` with a log line of its duration (the user's text is never logged whole)."""
+        def job(req):
+            t0 = time.perf_counter()
+            out = fn(req)
+            log.info("%s %s: %.2f s", name, short(getattr(req, "prompt", "")), time.perf_counter() - t0)
+            return out
+        return job
 
-    @app.post("/api/generate")
-    def generate(req: GenerateRequest):
-        with lock:
-            edits = build_edits(lm, req.edits)
-            kw = {"max_new_tokens": req.max_new_tokens, "chat": req.chat}
-            base = lm.generate(req.prompt, **kw)
-            out = lm.generate(req.prompt, edits=edits, **kw) if edits else base
+    def run_job(req: RunRequest) -> dict:
+        batch = _tokenize(lm, req.prompt, req.chat, max_prompt_tokens)
+        res = lm.run(batch)
+        return {"model": lm.name, "prompt": req.prompt, "chat": req.chat, "n_tokens": int(batch.input_ids.shape[1]),
+                "tokens": _input_tokens(lm, batch), "top": res.top_k(lm, req.top_k)}
+
+    def generate_job(req: GenerateRequest) -> dict:
+        edits = build_edits(lm, req.edits, folders)
+        batch = _tokenize(lm, req.prompt, req.chat, max_prompt_tokens)
+        kw = {"max_new_tokens": req.max_new_tokens, "capture": {f"layers.{lm.n_layers - 1}.resid_post": "all"}}
+        base = lm.generate(batch, **kw)
+        out = lm.generate(batch, edits=edits, **kw) if edits else base
+        warnings = [f"Baseline: {w} The model overflows its dtype on this prompt." for w in _overflow(lm, base)]
+        warnings += [f"Edited: {w} An edit is too large for this model: lower its value or scale."
+                     for w in _overflow(lm, out)] if edits else []
         return {"model": lm.name, "prompt": req.prompt, "chat": req.chat, "max_new_tokens": req.max_new_tokens,
                 "edits": [e.model_dump(exclude_none=True) for e in req.edits],
-                "baseline": base.texts[0], "edited": out.texts[0]}
+                "baseline": base.texts[0], "edited": out.texts[0], "warnings": warnings}
+
+    def lens_job(req: LensRequest) -> dict:
+        lens = _optional("lmscope.lens", "logit_lens")
+        n = int(_tokenize(lm, req.prompt, req.chat, max_prompt_tokens).input_ids.shape[1])
+        most = _lens_positions(lm, req.top_k, max_prompt_tokens)
+        if n > most:
+            raise InputError(
+                f"The logit lens reads every layer x position: this prompt is {n} tokens, and with top_k {req.top_k} "
+                f"on {lm.name} ({lm.n_layers} layers, vocabulary {lm.d_vocab:,}) the studio reads at most {most} "
+                "(a bound on response size and on the time the model is held). Shorten the prompt or lower top_k.")
+        return lens(lm, req.prompt, targets=req.targets, top_k=req.top_k, chat=req.chat).to_dict()
+
+    @app.post("/api/run")
+    async def run(req: RunRequest):
+        return await model_q.run(timed("run", run_job), req)
+
+    @app.post("/api/generate")
+    async def generate(req: GenerateRequest):
+        return await model_q.run(timed("generate", generate_job), req)
 
     @app.post("/api/logit_lens")
-    def logit_lens(req: LensRequest):
-        lens = _optional("lmscope.lens", "logit_lens")
-        with lock:
-            res = lens(lm, req.prompt, targets=req.targets, top_k=req.top_k, chat=req.chat)
-        return res.to_dict()
+    async def logit_lens(req: LensRequest):
+        return await model_q.run(timed("logit_lens", lens_job), req)
 
     @app.get("/api/atlas/search")
-    def atlas_search(q: str = Query(min_length=1, max_length=200),
-                     kind: Literal["any", "in", "out", "out_bottom", "in_gate", "in_up"] = "any",
-                     limit: int = Query(20, ge=1, le=200)):
-        with lock:  # sqlite reads are cheap; the lock keeps the lazy open single
-            a = atlas()
-            hits = a.search(q, kind=kind, limit=limit)
-        return {"model": lm.name, "query": q, "kind": kind, "atlas": str(a.path), "results": hits}
+    async def atlas_search(q: Annotated[str, Query(min_length=1, max_length=200)],
+                           kind: Literal["any", "in", "out", "out_bottom", "in_gate", "in_up"] = "any",
+                           limit: Annotated[int, Query(ge=1, le=200)] = 20):
+        def job(_):
+            a = atlas()  # opened once, on the atlas thread
+            return {"model": lm.name, "query": q, "kind": kind, "atlas": str(a.path),
+                    "results": a.search(q, kind=kind, limit=limit)}
+        return await atlas_q.run(job, None)
 
     @app.get("/api/neuron/{layer}/{neuron}")
-    def neuron(layer: int, neuron: int, k: int = Query(10, ge=1, le=100)):
+    async def neuron(layer: int, neuron: int, k: Annotated[int, Query(ge=1, le=100)] = 10):
         decode = _optional("lmscope.atlas", "decode_neuron")
-        with lock:
-            d = decode(lm, layer, neuron, k)
-        # the layer is valid here (decode_neuron checked it): report it non-negative
-        return {"model": lm.name, "layer": layer % lm.n_layers, "neuron": neuron, "k": k,
-                **{kind: [{"token": t, "score": s} for t, s in v] if v else None for kind, v in d.items()}}
+
+        def job(_):
+            site = lm.site(f"layers.{layer}.mlp.neurons[{neuron}]")  # validates; negatives -> indices
+            d = decode(lm, site.layer, site.units[0], k)
+            return {"model": lm.name, "layer": site.layer, "neuron": site.units[0], "k": k,
+                    **{kind: [{"token": t, "score": s} for t, s in v] if v else None for kind, v in d.items()}}
+        return await model_q.run(job, None)
 
     return app

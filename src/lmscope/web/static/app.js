@@ -50,8 +50,9 @@ async function api(method, path, body) {
   let data = null;
   try { data = await r.json(); } catch (e) { /* not JSON */ }
   if (!r.ok) {
+    // every studio error carries a message in "error" (422s also keep FastAPI's "detail" list)
     let msg = (data && data.error) || `HTTP ${r.status}`;
-    if (data && Array.isArray(data.detail)) {  // FastAPI validation error (422)
+    if (data && !data.error && Array.isArray(data.detail)) {
       msg = data.detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("\n");
     }
     throw new Error(msg);
@@ -59,13 +60,21 @@ async function api(method, path, body) {
   return data;
 }
 
-// Run `fn` with the form's submit button disabled and a timer in the status line.
+// Run `fn` with the form's submit button disabled and a timer in the status line. While it
+// runs, the status shows how many requests wait for the model (from /api/info, which answers
+// at once however long the queue is).
 async function busy(form, statusId, outId, fn) {
   const btn = form.querySelector("button[type=submit]");
   const status = $(statusId);
   const t0 = performance.now();
   btn.disabled = true;
   status.textContent = "working\u2026";
+  const poll = setInterval(async () => {
+    try {
+      const q = (await api("GET", "/api/info")).studio.queue;
+      if (btn.disabled) status.textContent = `working\u2026 (model: ${q.running} running, ${q.waiting} waiting)`;
+    } catch (e) { /* the answer itself will say what went wrong */ }
+  }, 1000);
   try {
     await fn();
     status.textContent = `${((performance.now() - t0) / 1000).toFixed(2)} s`;
@@ -73,6 +82,7 @@ async function busy(form, statusId, outId, fn) {
     status.textContent = "";
     $(outId).replaceChildren(el("div", { class: "error" }, e.message));
   } finally {
+    clearInterval(poll);
     btn.disabled = false;
   }
 }
@@ -108,6 +118,7 @@ async function loadInfo() {
   $("neuron-layer").max = i.n_layers - 1;
   $("neuron-layer").min = -i.n_layers;
   $("neuron-n").max = i.d_mlp - 1;
+  $("neuron-n").min = -i.d_mlp;
   if (!i.studio.atlas_available) {
     $("search-status").textContent = `No atlas at ${i.studio.atlas_path}; build it once with ` +
       `\`lmscope atlas build ${i.name}\` (decoding a neuron below works without it).`;
@@ -121,10 +132,10 @@ $("run-form").addEventListener("submit", (ev) => {
     const d = await api("POST", "/api/run", {
       prompt: $("run-prompt").value, top_k: +$("run-k").value, chat: $("run-chat").checked,
     });
-    const max = d.top.length ? d.top[0].prob : 1;
+    // bars are probabilities (full width = 1), not relative to the top token
     const rows = d.top.map((r, i) =>
       el("tr", {}, el("td", { class: "num" }, i + 1), el("td", {}, tok(r.token)),
-        el("td", { style: "width:40%" }, bar(r.prob / max)), el("td", { class: "num" }, pct(r.prob)),
+        el("td", { style: "width:40%" }, bar(r.prob)), el("td", { class: "num" }, pct(r.prob)),
         el("td", { class: "num" }, r.logit.toFixed(2)), el("td", { class: "num dim" }, r.id)));
     $("run-out").replaceChildren(el("div", { class: "card" },
       el("h3", {}, `Input: ${d.n_tokens} tokens`), el("div", { class: "tokens" }, d.tokens.map(tok)),
@@ -134,8 +145,10 @@ $("run-form").addEventListener("submit", (ev) => {
 });
 
 // ---- Generate with edits -----------------------------------------------------------------------
+// An edit row. The page starts with none (a fresh page generates without edits); "+ add edit"
+// adds an empty one and a row whose site is left blank is not sent.
 function addEditRow(spec) {
-  spec = spec || { type: "add", site: "layers.6.resid_post", value: "", vector_file: "", scale: 4 };
+  spec = spec || { type: "add", site: "", value: "", vector_file: "", scale: 1 };
   const type = el("select", {}, ["add", "clamp", "zero"].map((t) => el("option", { value: t }, t)));
   type.value = spec.type;
   const inp = (v, cls, ph) => el("input", { type: "text", class: cls || "", value: v ?? "", placeholder: ph || "" });
@@ -153,11 +166,14 @@ function addEditRow(spec) {
   };
   type.addEventListener("change", sync);
   sync();
+  // A number that does not parse is sent as typed, so the server's message names the field.
+  const num = (s) => (s.trim() !== "" && Number.isFinite(Number(s)) ? Number(s) : s);
   row.read = () => {
+    if (site.value.trim() === "") return null;  // blank row: not an edit
     const e = { type: type.value, site: site.value.trim() };
-    if (!value.disabled && value.value.trim() !== "") e.value = Number(value.value);
+    if (!value.disabled && value.value.trim() !== "") e.value = num(value.value);
     if (!file.disabled && file.value.trim() !== "") e.vector_file = file.value.trim();
-    if (!scale.disabled && scale.value.trim() !== "") e.scale = Number(scale.value);
+    if (!scale.disabled && scale.value.trim() !== "") e.scale = num(scale.value);
     return e;
   };
   $("edit-rows").append(row);
@@ -175,7 +191,7 @@ function diffView(base, edited) {
 $("gen-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   busy(ev.target, "gen-status", "gen-out", async () => {
-    const edits = [...$("edit-rows").children].map((r) => r.read());
+    const edits = [...$("edit-rows").children].map((r) => r.read()).filter((e) => e !== null);
     const d = await api("POST", "/api/generate", {
       prompt: $("gen-prompt").value, max_new_tokens: +$("gen-n").value, chat: $("gen-chat").checked, edits,
     });
@@ -186,6 +202,7 @@ $("gen-form").addEventListener("submit", (ev) => {
     const col = (title, parts) => el("div", { class: "card" }, el("h3", {}, title),
       el("div", { class: "text" }, el("span", { class: "prompt" }, d.chat ? "" : d.prompt), parts));
     $("gen-out").replaceChildren(
+      ...(d.warnings || []).map((w) => el("div", { class: "warning" }, w)),
       el("p", { class: "hint" }, `Edits: ${desc}. ` + (d.edits.length ? (v.same ? "The text did not change." :
         "Highlighted: where the texts part.") : "")),
       el("div", { class: "side" }, col("Baseline", v.base), col("Edited", v.edited)));
@@ -326,5 +343,4 @@ $("search-form").addEventListener("submit", (ev) => {
   });
 });
 
-addEditRow();
 loadInfo();

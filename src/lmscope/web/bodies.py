@@ -1,0 +1,75 @@
+"""Request bodies of the studio's JSON API, and how a body that does not validate is reported.
+
+Types are strict: `"top_k": "5"`, `"top_k": true`, `"top_k": 5.0` and `"chat": "yes"` are
+refused rather than coerced (an integer is still accepted where a number is expected). A
+strict `str` is also valid Unicode: a lone surrogate (`"\\ud800"`, which JSON allows, but which
+can be neither tokenized nor written back as UTF-8) is refused with "unable to parse raw data
+as a unicode string".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_NEW_TOKENS = 128
+MAX_PROMPT_CHARS = 4000
+MAX_TARGET_CHARS = 100  # a target is one token's text; long ones were logged whole
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RunRequest(_Body):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    top_k: int = Field(10, ge=1, le=100)
+    chat: bool = False
+
+
+class EditSpec(_Body):
+    """One edit. add: `scale * vector` (from `vector_file`, or the scalar `value` added to every
+    feature); clamp: set the site to `value`; zero: set it to 0."""
+
+    type: Literal["add", "clamp", "zero"]
+    site: str = Field(min_length=1, max_length=200)
+    value: float | None = Field(None, allow_inf_nan=False)
+    vector_file: str | None = Field(None, min_length=1, max_length=1000)
+    scale: float = Field(1.0, allow_inf_nan=False)
+
+
+class GenerateRequest(_Body):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS)
+    chat: bool = False
+    edits: list[EditSpec] = Field(default_factory=list, max_length=16)
+
+
+class LensRequest(_Body):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    targets: list[Annotated[str, Field(max_length=MAX_TARGET_CHARS)]] = Field(default_factory=list, max_length=8)
+    top_k: int = Field(5, ge=1, le=20)
+    chat: bool = False
+
+
+def _clean(x) -> str | int:
+    """A JSON-safe, short rendering of one `loc` element or message."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x
+    s = str(x).encode("utf-8", "backslashreplace").decode("utf-8")
+    return s if len(s) <= 200 else s[:200] + "…"
+
+
+def validation_body(errors: list[dict]) -> dict:
+    """FastAPI's validation errors -> `{"error": one readable line, "detail": [{loc, msg, type}]}`.
+
+    The `input` of each error is dropped: it echoes what was sent, which may be NaN (the JSON
+    encoder refuses it), a lone surrogate (UTF-8 refuses it) or megabytes long.
+    """
+    detail = [{"loc": [_clean(p) for p in e.get("loc", ())], "msg": _clean(e.get("msg", "")),
+               "type": _clean(e.get("type", ""))} for e in errors[:20]]
+    lines = [f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0] if d['loc'] else 'request'}: {d['msg']}"
+             for d in detail]
+    more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+    return {"error": "Invalid request: " + "; ".join(lines) + more, "detail": detail}

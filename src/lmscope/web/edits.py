@@ -1,0 +1,128 @@
+"""Edits of the Generate tab -> lmscope interventions, and the vector files they may read.
+
+A `vector_file` is a path on the server's disk, so the studio reads one only inside its vector
+folders (the working directory it started in, plus `lmscope studio --vectors-dir DIR`). A path
+that is missing, unreadable, too long or outside those folders gets one and the same message:
+the API does not tell a caller which files exist on the server. Inside the folders, a file
+that is there but wrong (a sidecar that is not a JSON object, another model's vector) gets
+the specific message, since those are the folders the user chose to expose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from lmscope.errors import ArtifactError, InputError
+
+from .bodies import EditSpec
+from .guard import short
+
+#: A vector artifact holds at most n_layers x d_model float32 values; anything far larger is
+#: not one, and reading it whole would hold the model's queue.
+MAX_VECTOR_FILE_BYTES = 256 * 2**20
+MAX_SIDECAR_BYTES = 2**20
+
+
+class VectorFolders:
+    """The folders `vector_file` paths may point into; relative paths start at the first."""
+
+    def __init__(self, folders: Sequence[str | os.PathLike]) -> None:
+        if not folders:
+            raise ValueError("Give at least one vector folder.")
+        self.folders = [Path(f).expanduser().resolve() for f in folders]
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self.folders))
+
+    def resolve(self, name: str) -> Path:
+        """The artifact `name` names, inside a vector folder, with its sidecar; else ArtifactError."""
+        try:
+            p = Path(name).expanduser()
+            p = (p if p.is_absolute() else self.folders[0] / p).resolve()  # follows links: out is out
+            ok = (any(p.is_relative_to(f) for f in self.folders) and p.is_file()
+                  and Path(f"{p}.json").is_file())
+        except (OSError, ValueError, RuntimeError):  # name too long, NUL byte, link loop
+            ok = False
+        if not ok:
+            raise ArtifactError(
+                f"No vector file {short(name, 120)} in the studio's vector folders ({self}): give the path of a "
+                f".safetensors file written by lmscope (with its .json sidecar) inside one of them; relative paths "
+                f"start at {self.folders[0]}. `lmscope studio --vectors-dir DIR` adds a folder.")
+        return p
+
+
+def _check_files(path: Path) -> None:
+    """Refuse what `load_artifact` would choke on: a huge file, a sidecar that is not UTF-8 JSON
+    holding an object."""
+    side = Path(f"{path}.json")
+    try:
+        if path.stat().st_size > MAX_VECTOR_FILE_BYTES:
+            raise ArtifactError(f"{path.name} is over {MAX_VECTOR_FILE_BYTES // 2**20} MiB: not a vector artifact.")
+        if side.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ArtifactError(f"The sidecar {side.name} is over 1 MiB: not an lmscope sidecar.")
+        text = side.read_bytes().decode("utf-8")
+        meta = json.loads(text)
+    except OSError as e:
+        raise ArtifactError(f"{path.name} or its sidecar cannot be read ({e.strerror}).") from e
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"The sidecar {side.name} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                            "it was not written by lmscope.") from e
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ArtifactError(f"The sidecar {side.name} is not valid JSON ({e}).") from e
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"The sidecar {side.name} holds a JSON {type(meta).__name__}, not an object "
+                            "with kind, model and d_model; it was not written by lmscope.")
+
+
+def artifact_vector(lm, folders: VectorFolders, name: str, layer: int):
+    """The [d_model] vector for `layer` from a saved artifact (keys `layers.L` or `vector`),
+    validated against the model by `load_artifact`."""
+    from lmscope.artifacts import load_artifact
+
+    path = folders.resolve(name)
+    _check_files(path)
+    try:
+        tensors, side = load_artifact(path, model=lm)
+    except OSError as e:
+        raise ArtifactError(f"{path.name} cannot be read ({e.strerror}).") from e
+    if f"layers.{layer}" in tensors:
+        return tensors[f"layers.{layer}"]
+    if "vector" in tensors and side.get("layer") in (None, layer):
+        return tensors["vector"]
+    keys = ", ".join(sorted(tensors)) or "none"
+    raise InputError(f"{path.name} has no vector for layer {layer} (it holds: {keys}); "
+                     "pick a site at one of those layers.")
+
+
+def build_edits(lm, specs: list[EditSpec], folders: VectorFolders) -> list:
+    """`EditSpec`s -> lmscope interventions. Sites are resolved first, so a bad layer, unit or
+    name is a SiteError naming the valid range before anything runs."""
+    from lmscope.interventions import Add, Set, Zero
+
+    edits = []
+    for i, e in enumerate(specs):
+        sites = lm.sites(e.site)  # validates; "*" may name several
+        if any(s.kind == "logits" for s in sites):
+            # the engine cannot edit logits under generate (HF keeps one position; the edit
+            # indexes all of them), so refuse it here rather than fail inside the forward
+            raise InputError(f"Edit {i + 1}: the studio edits activations, not logits; pick a site such as "
+                             "final_norm or layers.L.resid_post.")
+        if e.type == "zero":
+            edits.append(Zero(site=e.site))
+        elif e.type == "clamp":
+            if e.value is None:
+                raise InputError(f"Edit {i + 1} (clamp {e.site}) needs a value, e.g. 8.")
+            edits.append(Set(site=e.site, value=e.value))
+        elif e.vector_file:
+            if len(sites) != 1:
+                raise InputError(f"Edit {i + 1}: a vector file is added at one site; {e.site!r} names {len(sites)}.")
+            vec = artifact_vector(lm, folders, e.vector_file, sites[0].layer)
+            edits.append(Add(site=e.site, vector=vec, scale=e.scale))
+        elif e.value is not None:
+            edits.append(Add(site=e.site, vector=e.value, scale=e.scale))
+        else:
+            raise InputError(f"Edit {i + 1} (add at {e.site}) needs a vector_file (a saved vector) or a value.")
+    return edits

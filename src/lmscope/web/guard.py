@@ -1,0 +1,112 @@
+"""The studio's front door: which Host headers it answers, and how large a body it reads.
+
+`Guard` is a plain ASGI middleware, so it runs before FastAPI parses anything:
+
+* Host check. Binding to 127.0.0.1 is not enough on its own: a web page could reach the studio
+  through DNS rebinding, and its requests carry the attacker's name in `Host`. A loopback IP
+  literal (any of 127.0.0.0/8, `[::1]`) or `localhost` cannot be such a name, so they are all
+  accepted: whatever loopback address `lmscope studio --host` was given, the URL it prints works.
+* Body size. A request body past `max_body` bytes is refused with 413 before it is parsed
+  (the largest valid body, 16 edits and a 4,000-character prompt, is a few tens of kB).
+
+Both answers are JSON `{"error": message}`, like every other studio error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+#: Host header values accepted besides loopback literals; "testserver" is TestClient's.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "testserver")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1, with or without brackets)."""
+    h = host.strip().removeprefix("[").removesuffix("]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The host part of a Host header: `127.0.0.2:8765` -> `127.0.0.2`, `[::1]:80` -> `[::1]`."""
+    h = header.strip()
+    if h.startswith("["):
+        return h[: h.find("]") + 1] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def host_allowed(header: str, names: tuple[str, ...] | None) -> bool:
+    """Whether the studio answers a request with this Host header (`names=None`: any)."""
+    if names is None:
+        return True
+    host = host_name(header)
+    return host.lower() in names or is_loopback(host)
+
+
+def short(text: str, n: int = 60) -> str:
+    """`repr` of at most `n` characters of `text` (for messages and log lines: a user's input is
+    never logged or echoed whole, and lone surrogates come out escaped)."""
+    return repr(text[:n]) + (f"…(+{len(text) - n} chars)" if len(text) > n else "")
+
+
+class Guard:
+    """ASGI middleware: refuse foreign Host headers (400) and oversized bodies (413)."""
+
+    def __init__(self, app, *, allowed_hosts: tuple[str, ...] | None, max_body: int) -> None:
+        self.app = app
+        self.names = None if allowed_hosts is None else tuple(h.lower() for h in allowed_hosts)
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":  # lifespan; the studio has no websockets
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not host_allowed(host, self.names):
+            return await _error(send, 400, (
+                f"Host header {short(host, 80)} is not served: the studio answers only loopback names (127.0.0.1, "
+                "127.x.y.z, localhost, [::1]), so a web page cannot reach it through DNS rebinding. Open the URL "
+                "`lmscope studio` printed, or start it with --allow-remote to serve other names."))
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        # Read the whole body first (at most max_body bytes), then hand it on: a declared
+        # Content-Length can be refused at once, a chunked body once it has grown too large.
+        too_big = (f"The request body is over {self.max_body:,} bytes; the studio's largest valid body is a few "
+                   "tens of kB (see /api/info for the limits).")
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_body:
+            return await _error(send, 413 if declared.isdigit() else 400,
+                                too_big if declared.isdigit() else "The Content-Length header is not a number.")
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                return await _error(send, 413, too_big)
+            if not msg.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _error(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
