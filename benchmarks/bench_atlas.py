@@ -24,9 +24,18 @@ import time
 import torch
 
 import lmscope as ls
-from lmscope.atlas import (_SOURCE, AtlasConfig, NeuronTopK, _kinds_for, chunk_rows, compare_atlases, decode_layer,
-                           is_gated, perturb_mlp)
-from lmscope.atlas_db import write_atlas
+from lmscope.neurons.atlas import (
+    _SOURCE,
+    AtlasConfig,
+    NeuronTopK,
+    _kinds_for,
+    chunk_rows,
+    compare_atlases,
+    decode_layer,
+    is_gated,
+    perturb_mlp,
+)
+from lmscope.neurons.atlas_db import write_atlas
 
 
 def reference_gflops(device, n: int = 2048, reps: int = 3) -> float:
@@ -105,7 +114,7 @@ def bench_chunk(name: str, k: int, reps: int) -> dict:
     times): the bare `torch.mm` into the buffer vs the same mm followed by the atlas's top-k
     (twice for the down matrix: `out` and `out_bottom`). Interleaved; the minimum over `reps`
     of each side, the estimate least disturbed by other jobs on a shared machine."""
-    from lmscope.atlas import topk_rows, to_token_space
+    from lmscope.neurons.atlas import to_token_space, topk_rows
 
     lm = ls.load(name)
     cfg = AtlasConfig(k=k)
@@ -159,7 +168,7 @@ def bench_compare(name: str, every: int, noises: list[float]) -> list[dict]:
     kinds = ("in_gate", "in_up", "out")
     out = []
     with tempfile.TemporaryDirectory() as d:
-        from lmscope.atlas import build_atlas
+        from lmscope.neurons.atlas import build_atlas
 
         base = os.path.join(d, "base.sqlite")
         build_atlas(lm, AtlasConfig(k=1, kinds=kinds, layers=tuple(layers)), path=base).close()
@@ -178,9 +187,15 @@ def bench_clamp(name: str, times: list[float], n_neutral: int, max_new_tokens: i
     """Clamp the top 'dog' and 'animal' output neurons found in the atlas to multiples of their
     natural max (over 16 neutral chat prompts); greedy generations on the concept prompts plus
     neutral prompts; keywords of the concept and of 'animal' counted in the same texts."""
-    from lmscope.atlas import load_atlas
-    from lmscope.clamping import (ClampConfig, clamp_experiment, concept_hits, load_concept, natural_activation,
-                                  neutral_prompts)
+    from lmscope.neurons.atlas import load_atlas
+    from lmscope.neurons.clamp import (
+        ClampConfig,
+        clamp_experiment,
+        concept_hits,
+        load_concept,
+        natural_activation,
+        neutral_prompts,
+    )
 
     lm = ls.load(name)
     atlas = load_atlas(lm)

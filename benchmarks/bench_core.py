@@ -65,8 +65,18 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.set_grad_enabled(False)
     sys.path.insert(0, str(PEERS))
-    from common import (ABL_LAYER, ABL_NEURON, GEN_NEW, GEN_PROMPTS, STEER_LAYER, make_batch,  # noqa: E402
-                        ref_ablation_delta, ref_logit_lens, ref_resid, steering_vector)
+    from common import (  # noqa: E402
+        ABL_LAYER,
+        ABL_NEURON,
+        GEN_NEW,
+        GEN_PROMPTS,
+        STEER_LAYER,
+        make_batch,
+        ref_ablation_delta,
+        ref_logit_lens,
+        ref_resid,
+        steering_vector,
+    )
 
     import lmscope as ls
 
@@ -84,7 +94,7 @@ def main() -> None:
     got = lm.run(batch, capture=["layers.*.resid_post"], logits=None).cache
     max_diff = max(float((got[s] - r).abs().max()) for s, r in zip(layers, ref, strict=True))
 
-    from lmscope.readout import unembed
+    from lmscope.engine.readout import unembed
 
     def lens():  # W2: every layer's last-token residual through the final norm and the head
         c = lm.run(batch, capture={"layers.*.resid_post": "last"}, logits=None).cache

@@ -22,8 +22,8 @@ import time
 import torch
 
 import lmscope as ls
-from lmscope.lens import logit_lens
-from lmscope.tuned_lens import TunedLensConfig, train_tuned_lens
+from lmscope.lens.logit import logit_lens
+from lmscope.lens.tuned import TunedLensConfig, train_tuned_lens
 
 
 def _timed(fn, device) -> float:

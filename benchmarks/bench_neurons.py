@@ -17,11 +17,11 @@ import time
 import torch
 
 import lmscope as ls
-from lmscope import neuron_causal as nc
-from lmscope.agreement import agreement_demo, agreement_rows
-from lmscope.corpus import read_texts, token_windows
-from lmscope.neuron_corr import correlate, load_labelled
-from lmscope.neurons import RecordConfig, record
+from lmscope.datasets.corpus import read_texts, token_windows
+from lmscope.neurons.agreement import agreement_demo, agreement_rows
+from lmscope.neurons.correlation import correlate, load_labelled
+from lmscope.neurons.recording import RecordConfig, record
+from lmscope.neurons.recording import causal as nc
 
 
 def _rss_mib() -> float:

@@ -30,9 +30,9 @@ LOCK_TORCH=$(sed -nE 's/^(torch==[^ ;]+).*/\1/p' "$LOCK" 2>/dev/null | head -n1 
 TORCH_SPEC=${TORCH_SPEC:-${LOCK_TORCH:-torch==2.13.0}}
 
 shopt -s nullglob
-TESTS=(tests/test_engine*.py tests/test_real_models*.py)
+TESTS=(tests/engine/test_*.py)
 shopt -u nullglob
-[ ${#TESTS[@]} -gt 0 ] || die "no tests/test_engine*.py or tests/test_real_models*.py"
+[ ${#TESTS[@]} -gt 0 ] || die "no tests/engine/test_*.py"
 
 if ! "$VENV/bin/python" -c 'pass' >/dev/null 2>&1; then
   "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import lmscope as ls
-from lmscope.hooks import hooked
+from lmscope.engine.hooks import hooked
 
 #: every position form an edit accepts ("rows": a per-row tensor, built per batch)
 POSITION_FORMS = ["all", "last", "generated", -3, "4:", "rows"]

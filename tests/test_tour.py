@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny
 
-import lmscope.models
+import lmscope.engine.loading
 import lmscope.tour
 from lmscope.tour import STEPS, TourContext, failure_summary, run_tour
 
@@ -19,7 +19,7 @@ def test_tour_steps_are_unique_and_documented():
 
 
 def test_unknown_step_is_an_error_naming_the_steps(tmp_path):
-    from lmscope.errors import InputError
+    from lmscope.engine.errors import InputError
 
     with pytest.raises(InputError, match="logit_lens"):
         run_tour(None, TourContext(tmp_path), ["logit-lens"])
@@ -58,7 +58,7 @@ def test_a_failed_step_is_reported_and_the_others_still_run(tmp_path, monkeypatc
 
 def test_cli_tour_reports_failed_steps_and_exits_non_zero(tmp_path, monkeypatch):
     lm = make_tiny("llama")
-    monkeypatch.setattr(lmscope.models, "load", lambda *a, **k: lm)
+    monkeypatch.setattr(lmscope.engine.loading, "load", lambda *a, **k: lm)
     monkeypatch.setattr(lmscope.tour, "STEPS", _steps_with(logit_lens=_cheap, patchscope=_boom))
     out = tmp_path / "tour"
     r = CliRunner().invoke(cli_main(), ["tour", "tiny", "--out", str(out), "--only", "next_token", "--only",
@@ -82,7 +82,7 @@ def test_cli_tour_checks_steps_before_loading(monkeypatch):
     def load(*a, **k):
         raise AssertionError("loaded a model")
 
-    monkeypatch.setattr(lmscope.models, "load", load)
+    monkeypatch.setattr(lmscope.engine.loading, "load", load)
     r = CliRunner().invoke(cli_main(), ["tour", "--only", "neurons"])
     assert r.exit_code == 2 and "Unknown tour step(s) neurons; the steps are next_token" in r.output, r.output
 

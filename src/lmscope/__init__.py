@@ -13,17 +13,17 @@ import importlib
 # name -> submodule. Imported lazily (PEP 562) so `import lmscope` and `lmscope --help`
 # stay instant: torch and transformers load on first use.
 _EXPORTS = {
-    "FAMILIES": "arch", "ArchSpec": "arch", "register_family": "arch",
-    "ArtifactError": "errors", "InputError": "errors", "LmscopeError": "errors",
-    "ModelNotFound": "errors", "SiteError": "errors", "UnsupportedArchitecture": "errors",
-    "Cache": "hooks", "capture": "hooks", "hooked": "hooks", "intervene": "hooks",
-    "Add": "interventions", "Apply": "interventions", "Clamp": "interventions", "Edit": "interventions",
-    "MeanAblate": "interventions", "Patch": "interventions", "ProjectOut": "interventions",
-    "Resample": "interventions", "Scale": "interventions", "Set": "interventions", "Zero": "interventions",
-    "DEFAULT_MODEL": "models", "EMBEDDED": "models", "Batch": "models", "Model": "models",
-    "cache_dir": "models", "load": "models",
-    "GenerateResult": "runner", "RunResult": "runner", "generate": "runner", "run": "runner",
-    "Site": "sites",
+    "FAMILIES": "engine.arch", "ArchSpec": "engine.arch", "register_family": "engine.arch",
+    "ArtifactError": "engine.errors", "InputError": "engine.errors", "LmscopeError": "engine.errors",
+    "ModelNotFound": "engine.errors", "SiteError": "engine.errors", "UnsupportedArchitecture": "engine.errors",
+    "Cache": "engine.hooks", "capture": "engine.hooks", "hooked": "engine.hooks", "intervene": "engine.hooks",
+    "Add": "engine.interventions", "Apply": "engine.interventions", "Clamp": "engine.interventions", "Edit": "engine.interventions",
+    "MeanAblate": "engine.interventions", "Patch": "engine.interventions", "ProjectOut": "engine.interventions",
+    "Resample": "engine.interventions", "Scale": "engine.interventions", "Set": "engine.interventions", "Zero": "engine.interventions",
+    "DEFAULT_MODEL": "engine.loading", "EMBEDDED": "engine.loading", "Batch": "engine.model", "Model": "engine.model",
+    "cache_dir": "engine.loading", "load": "engine.loading",
+    "GenerateResult": "engine.runner", "RunResult": "engine.runner", "generate": "engine.runner", "run": "engine.runner",
+    "Site": "engine.sites",
 }
 
 

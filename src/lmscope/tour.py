@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from .errors import InputError
-from .models import Model
+from lmscope.engine.errors import InputError
+from lmscope.engine.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,9 @@ def step_next_token(lm: Model, ctx: TourContext) -> dict:
 def step_steer(lm: Model, ctx: TourContext) -> dict:
     """A contrastive steering vector (positive - negative sentences of the shipped sentiment
     set), added during generation, next to a random direction of the same norm."""
-    from .contrast_data import load_contrast
-    from .steering import make_task, random_vector, steer_edits
-    from .vectors import extract
+    from lmscope.datasets.contrast import load_contrast
+    from lmscope.vectors.steering import make_task, random_vector, steer_edits
+    from lmscope.vectors.vector import extract
 
     layer = round(0.78 * (lm.n_layers - 1))  # gemma-3-270m: 13 of 0..17, where the sweep recommends 13-14
     coef = 0.25  # relative to the typical residual norm at that layer
@@ -74,7 +73,7 @@ def step_steer(lm: Model, ctx: TourContext) -> dict:
 
 def step_function_vector(lm: Model, ctx: TourContext) -> dict:
     """A function vector: the antonym task read from 5-shot prompts, added to zero-shot ones."""
-    from . import function_vectors as F
+    from lmscope.function_vectors import core as F
 
     cfg = F.FVConfig(n_prompts=16, n_test=16)
     data = F.prepare(lm, "antonym", cfg)
@@ -93,8 +92,8 @@ def step_function_vector(lm: Model, ctx: TourContext) -> dict:
 
 def step_logit_lens(lm: Model, ctx: TourContext) -> dict:
     """Logit lens: every layer's residual read through the final norm and the unembedding."""
-    from .lens import logit_lens
-    from .plots.lens_plots import lens_html, plot_lens_heatmap, plot_target_probs
+    from lmscope.lens.logit import logit_lens
+    from lmscope.plots.lens_plots import lens_html, plot_lens_heatmap, plot_target_probs
 
     prompt, targets = "The capital of Poland is", [" Warsaw", " Poland"]
     r = logit_lens(lm, prompt, targets=targets, top_k=5)
@@ -119,7 +118,7 @@ def step_logit_lens(lm: Model, ctx: TourContext) -> dict:
 
 def step_patchscope(lm: Model, ctx: TourContext) -> dict:
     """Patchscope: a name's hidden state, patched into "x" of a few-shot description prompt."""
-    from .patchscopes import patchscope
+    from lmscope.inspect.patchscopes import patchscope
 
     source, layer = "Barack Obama", max(1, lm.n_layers // 4)  # gemma-3-270m: layer 4
     r = patchscope(lm, source, source_layer=layer, target="description", max_new_tokens=16)
@@ -140,9 +139,9 @@ PLURAL_PROMPTS = [
 
 def step_neuron(lm: Model, ctx: TourContext) -> dict:
     """A neuron view: LM-head decoding, max-activating text, and an ablation next to a control."""
-    from .atlas import decode_neuron
-    from .neuron_causal import ablate
-    from .neurons import RecordConfig, record
+    from lmscope.neurons.atlas import decode_neuron
+    from lmscope.neurons.causal import ablate
+    from lmscope.neurons.recording import RecordConfig, record
 
     # gemma-3-270m's top "these" neuron (found by attribution, `lmscope neuron agreement`);
     # on another model, the middle layer's neuron 0 (still a valid view, just not a curated one).
@@ -159,7 +158,7 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
         toks = list(e.tokens)
         toks[e.max_index] = f"[[{toks[e.max_index]}]]"
         ctx.say(f"    {e.max_act:6.2f}  {''.join(toks)!r}")
-    from .plots.neuron_plots import write_examples_html
+    from lmscope.plots.neuron_plots import write_examples_html
 
     html = write_examples_html(ctx.out_dir / f"neuron_{layer}_{n}.html", f"{lm.name} layers.{layer}.mlp.neurons[{n}]",
                                [e.to_dict() for e in examples], stats=stats, decoding=dec)

@@ -28,8 +28,8 @@ class _OutPath(click.ParamType):
     def convert(self, value, param, ctx):
         from pathlib import Path
 
-        from lmscope.artifacts import check_writable
-        from lmscope.errors import LmscopeError
+        from lmscope.engine.artifacts import check_writable
+        from lmscope.engine.errors import LmscopeError
 
         if value is None:
             return None
@@ -60,7 +60,7 @@ SEED = click.IntRange(0, 2**32 - 1)  # what torch.manual_seed and random.Random 
 def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
     import torch
 
-    from lmscope import models
+    from lmscope.engine import loading as models
 
     try:  # keep stdout/stderr clean for --json consumers
         from transformers.utils import logging as hf_logging
@@ -92,8 +92,8 @@ def precheck(model: str | None, hint: str, check: Callable) -> None:
     before the command loads it, so that a typo in a layer or neuron costs no model load.
     An LmscopeError from `check` becomes a usage error naming `hint` (exit 2). Other models
     are checked by the library after loading, with the same messages."""
-    from lmscope.errors import LmscopeError
-    from lmscope.models import known_shape
+    from lmscope.engine.errors import LmscopeError
+    from lmscope.engine.loading import known_shape
 
     shape = known_shape(model) if model else None
     if shape is None:
@@ -121,7 +121,7 @@ def check_layers(model: str | None, hint: str, layers, parse: Callable | None = 
 def check_neurons(model: str | None, hint: str, spec: str | None) -> None:
     """`precheck` neurons written L.N[,L.N...] or layers.L.mlp.neurons[N,...] (None: nothing)."""
     if spec:
-        from lmscope.neurons import parse_neurons
+        from lmscope.neurons.recording import parse_neurons
 
         precheck(model, hint, lambda shape: parse_neurons(shape, spec))  # only .sites is used
 

@@ -31,7 +31,7 @@ def _notify(message: str) -> None:
 
 
 def _open(lm, out, k: int):
-    from lmscope.atlas import load_atlas
+    from lmscope.neurons.atlas import load_atlas
 
     return load_atlas(lm, path=out, k=k, progress=progress_enabled(), notify=_notify)
 
@@ -63,7 +63,7 @@ def register(cli: click.Group) -> None:
 
         Every neuron of MODEL: input rows (gate, up) and output column (top and bottom tokens)
         through the final norm and the unembedding, stored with a full-text index."""
-        from lmscope.atlas import AtlasConfig, build_atlas
+        from lmscope.neurons.atlas import AtlasConfig, build_atlas
 
         sel = _layer_list(layers)
         check_layers(model, "--layers", sel)
@@ -125,8 +125,8 @@ def register(cli: click.Group) -> None:
     @device_option
     def neuron(model, neuron, k, as_json, device) -> None:
         """Decode one neuron L.N through the LM head."""
-        from lmscope.atlas import decode_neuron
-        from lmscope.clamping import parse_neurons
+        from lmscope.neurons.atlas import decode_neuron
+        from lmscope.neurons.clamp import parse_neurons
 
         found = parse_neurons(neuron)
         if len(found) != 1:
@@ -161,7 +161,7 @@ def register(cli: click.Group) -> None:
 
         MODEL_A and MODEL_B are models of one architecture and tokenizer, or .sqlite atlases;
         or one model and --perturb NOISE."""
-        from lmscope.atlas import compare_atlases, perturb_mlp
+        from lmscope.neurons.atlas import compare_atlases, perturb_mlp
 
         def side(spec):
             return spec if spec.endswith(".sqlite") else load_model(spec, device)
@@ -180,7 +180,7 @@ def register(cli: click.Group) -> None:
             b = side(model_b)
         res = compare_atlases(a, b, layers=sel, progress=progress_enabled())
         if plot:
-            from lmscope.atlas import plot_compare
+            from lmscope.neurons.atlas import plot_compare
 
             plot_compare(res, plot)
         if as_json:
@@ -215,7 +215,7 @@ def register(cli: click.Group) -> None:
         NEURONS is L.N[,L.N2...]. Each is set to --value (or --times x its natural max on
         neutral prompts) at every position; a random neuron of the same layer gets the same
         value as the control."""
-        from lmscope.clamping import (
+        from lmscope.neurons.clamp import (
             ClampConfig,
             clamp_experiment,
             load_concept,
@@ -241,7 +241,7 @@ def register(cli: click.Group) -> None:
         rep = clamp_experiment(lm, sel, value=values, prompts=prompts, keywords=cons["keywords"] if cons else (),
                                config=cfg)
         if plot:
-            from lmscope.clamping import plot_clamp
+            from lmscope.neurons.clamp import plot_clamp
 
             plot_clamp(rep, plot)
         if as_json:

@@ -22,8 +22,8 @@ from ._common import (
 
 def _vector_from_artifact(path: str, layer: int | None, model):
     """One layer's direction of a saved vector (`Vector.load`): the only layer it holds, or `layer`."""
-    from lmscope.errors import InputError
-    from lmscope.vectors import Vector
+    from lmscope.engine.errors import InputError
+    from lmscope.vectors.vector import Vector
 
     vec = Vector.load(path, model=model)
     held = ", ".join(map(str, vec.layers))
@@ -39,8 +39,8 @@ def _vector_from_artifact(path: str, layer: int | None, model):
 
 
 def _parse_clamp(spec: str):
-    from lmscope.errors import InputError
-    from lmscope.interventions import Set
+    from lmscope.engine.errors import InputError
+    from lmscope.engine.interventions import Set
 
     site, sep, value = spec.partition("=")
     if not sep:
@@ -59,7 +59,7 @@ def register(cli: click.Group) -> None:
     @json_option
     def models(as_json: bool) -> None:
         """List the embedded models and the converted models in the cache."""
-        from lmscope.models import EMBEDDED, cache_dir, cached_models
+        from lmscope.engine.loading import EMBEDDED, cache_dir, cached_models
 
         cached = {c["name"]: c for c in cached_models()}
         rows = [{"name": n, "embedded": True, "install": EMBEDDED[n][0], "cached": n in cached,
@@ -135,7 +135,7 @@ def register(cli: click.Group) -> None:
     def generate(model, prompt, chat, max_new_tokens, vector_file, layer, scale, clamps, sample, seed, compare,
                  as_json, device, dtype) -> None:
         """Generate from PROMPT, optionally steered (--add-vector) or with clamped units (--clamp)."""
-        from lmscope.interventions import Add
+        from lmscope.engine.interventions import Add
 
         if layer is not None and not vector_file:
             raise click.UsageError("--layer goes with --add-vector FILE.")
@@ -181,7 +181,7 @@ def register_tour(cli: click.Group) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from lmscope.errors import InputError
+        from lmscope.engine.errors import InputError
         from lmscope.tour import (
             STEPS,
             TourContext,

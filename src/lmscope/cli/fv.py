@@ -24,7 +24,7 @@ _METHODS = click.Choice(["mean-diff", "replace", "heads"])
 
 def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
     """'3,6,9' | '4:12' (4..11) | 'all' | None -> layer list (negative layers allowed)."""
-    from lmscope.errors import InputError
+    from lmscope.engine.errors import InputError
 
     if spec is None or spec == "all":
         return None
@@ -46,7 +46,7 @@ def _parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
 
 def _precheck(model, tasks=(), layers=None, aie_layers=None) -> None:
     """Task names/files and layer ranges, checked before the model loads (a typo costs no load)."""
-    from lmscope import icl_tasks as T
+    from lmscope.datasets import icl as T
 
     for t in tasks:
         if t:
@@ -56,7 +56,7 @@ def _precheck(model, tasks=(), layers=None, aie_layers=None) -> None:
 
 
 def _config(**kw):
-    from lmscope.function_vectors import FVConfig
+    from lmscope.function_vectors.core import FVConfig
 
     return FVConfig(**{k: v for k, v in kw.items() if v is not None})
 
@@ -135,7 +135,7 @@ def register(cli: click.Group) -> None:
     @json_option
     def tasks_cmd(as_json: bool) -> None:
         """List the shipped ICL tasks with their sizes and an example."""
-        from lmscope import icl_tasks as T
+        from lmscope.datasets import icl as T
 
         rows = []
         for name in T.list_tasks():
@@ -164,7 +164,7 @@ def register(cli: click.Group) -> None:
         """Extract a task vector for every layer from few-shot prompts and save it."""
         import time
 
-        from lmscope import function_vectors as F
+        from lmscope.function_vectors import core as F
 
         from ._common import progress_enabled
 
@@ -206,8 +206,8 @@ def register(cli: click.Group) -> None:
         """Held-out accuracy per layer with the vector in FILE, next to zero-/few-shot and a random control."""
         from pathlib import Path
 
-        from lmscope import function_vectors as F
-        from lmscope.vectors import Vector
+        from lmscope.function_vectors import core as F
+        from lmscope.vectors.vector import Vector
 
         from ._common import progress_enabled
 
@@ -257,7 +257,7 @@ def register(cli: click.Group) -> None:
         import time
         from pathlib import Path
 
-        from lmscope import function_vectors as F
+        from lmscope.function_vectors import core as F
 
         from ._common import progress_enabled
 
@@ -321,7 +321,7 @@ def register(cli: click.Group) -> None:
         import time
         from pathlib import Path
 
-        from lmscope import function_vectors as F
+        from lmscope.function_vectors import core as F
 
         from ._common import progress_enabled
 

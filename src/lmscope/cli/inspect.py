@@ -77,8 +77,8 @@ def register(cli: click.Group) -> None:
     def decompose(model, prompt, target, baseline, layer, position, top, layer_tokens, unembed_mode, chat, out,
                   as_json, device, dtype) -> None:
         """Residual decomposition of PROMPT and direct logit attribution to --target."""
-        from lmscope.decompose import decompose as run_decompose
-        from lmscope.decompose import layer_adds, logit_attribution
+        from lmscope.inspect.decomposition import decompose as run_decompose
+        from lmscope.inspect.decomposition import layer_adds, logit_attribution
 
         check_layers(model, "--layer", layer)
         lm = load_model(model, device, dtype)
@@ -142,7 +142,7 @@ def register(cli: click.Group) -> None:
     def token_edit(model, prompt, layer, position, subtract, add_, scale, absolute, divide_by_gain, top_k,
                    max_new_tokens, seed, out, as_json, device, dtype) -> None:
         """Subtract one token's unembedding direction and add another's; show the output change."""
-        from lmscope.decompose import token_edit as run_edit
+        from lmscope.inspect.decomposition import token_edit as run_edit
 
         if subtract is None and add_ is None:
             raise click.UsageError("Give --subtract TOKEN, --add TOKEN or both.")
@@ -207,7 +207,7 @@ def register(cli: click.Group) -> None:
     def patchscope(model, source, source_pos, source_layer, target_layer, target, placeholder, max_new_tokens, top_k,
                    sweep, n_sources, sources_file, entities_file, layers, seed, out, as_json, device, dtype) -> None:
         """Patch a hidden state into a target prompt and read it out (Patchscopes), or sweep layers."""
-        from lmscope import patchscopes as ps
+        from lmscope.inspect import patchscopes as ps
 
         if sweep is None and (source is None or source_layer is None):
             raise click.UsageError("Give --source and --source-layer, or --sweep.")
@@ -303,9 +303,9 @@ def register(cli: click.Group) -> None:
     def backpatch(model, data_file, criterion, k, relaxed, controls, max_cases, gen_tokens, seed, batch_size, out,
                   as_json, device, dtype) -> None:
         """Back-patching on two-hop questions the model gets wrong (Biran et al. 2024)."""
-        from lmscope.backpatch import BackpatchConfig
-        from lmscope.backpatch import backpatch as run_backpatch
-        from lmscope.patchscopes import read_jsonl
+        from lmscope.inspect.backpatching import BackpatchConfig
+        from lmscope.inspect.backpatching import backpatch as run_backpatch
+        from lmscope.inspect.patchscopes import read_jsonl
 
         cfg = BackpatchConfig(criterion=criterion, k=k, require_hops=not relaxed, seed=seed, batch_size=batch_size,
                               controls=tuple(x.strip() for x in controls.split(",") if x.strip()),

@@ -40,11 +40,11 @@ def register(cli: click.Group) -> None:
     @dtype_option
     def logit(model, prompt, targets, top_k, tuned_file, chat, out_dir, as_json, device, dtype) -> None:
         """Logit lens of PROMPT: top tokens per layer x position, targets' probability and rank."""
-        from lmscope.lens import logit_lens
+        from lmscope.lens.logit import logit_lens
 
         lm = load_model(model, device, dtype)
         if tuned_file:
-            from lmscope.tuned_lens import TunedLens
+            from lmscope.lens.tuned import TunedLens
 
             res = TunedLens.load(tuned_file, lm).run(lm, prompt, targets=list(targets), top_k=top_k, chat=chat)
         else:
@@ -76,7 +76,7 @@ def register(cli: click.Group) -> None:
     def tuned_train(model, corpus, steps, positions, batch_size, optimizer, lr, checkpoint_every, seed, out_file,
                     resume, as_json, device, dtype) -> None:
         """Train a tuned lens for MODEL (an affine translator per layer; the model frozen)."""
-        from lmscope.tuned_lens import TunedLensConfig, train_tuned_lens
+        from lmscope.lens.tuned import TunedLensConfig, train_tuned_lens
 
         stage = Stages(2)
         stage(f"loading {model}")
@@ -115,7 +115,7 @@ def register(cli: click.Group) -> None:
     @dtype_option
     def compare(model, tuned_file, corpus, positions, seed, out_dir, as_json, device, dtype) -> None:
         """Logit vs tuned lens: per-layer KL to the model's output on held-out text."""
-        from lmscope.tuned_lens import TunedLens, compare_lenses
+        from lmscope.lens.tuned import TunedLens, compare_lenses
 
         stage = Stages(2)
         stage(f"loading {model}")
@@ -163,7 +163,7 @@ def register(cli: click.Group) -> None:
 
         Few-shot word-translation prompts (Wendler et al. 2024) read with the logit lens at the
         last position; does the English word surface before the target word?"""
-        from lmscope.latent_language import LatentConfig, latent_language
+        from lmscope.lens.latent import LatentConfig, latent_language
 
         stage = Stages(2)
         stage(f"loading {model}")

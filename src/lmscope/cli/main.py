@@ -51,7 +51,7 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the boundary where errors become messages
-        from lmscope.errors import LmscopeError
+        from lmscope.engine.errors import LmscopeError
 
         if debug:
             raise

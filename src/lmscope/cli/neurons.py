@@ -28,8 +28,8 @@ kind_option = click.option("--kind", default="neurons", show_default=True, type=
 
 
 def _one_neuron(lm, spec: str) -> tuple[int, int]:
-    from lmscope.errors import InputError
-    from lmscope.neurons import parse_neurons
+    from lmscope.engine.errors import InputError
+    from lmscope.neurons.recording import parse_neurons
 
     found = parse_neurons(lm, spec)
     if len(found) != 1:
@@ -39,7 +39,7 @@ def _one_neuron(lm, spec: str) -> tuple[int, int]:
 
 def _values(spec: str) -> list[float]:
     """'-4:8:13' (start:stop:count, inclusive) or '0,1,2'."""
-    from lmscope.errors import InputError
+    from lmscope.engine.errors import InputError
 
     try:
         if ":" in spec:
@@ -80,14 +80,14 @@ def _stats_table(title: str, stats: dict):
 
 
 def _quick_recording(lm, layer: int, neuron: int, kind: str, corpus, max_tokens: int, top_k: int):
-    from lmscope.neurons import RecordConfig, record
+    from lmscope.neurons.recording import RecordConfig, record
 
     cfg = RecordConfig(max_tokens=max_tokens, top_k=top_k)
     return record(lm, f"layers.{layer}.mlp.{kind}[{neuron}]", corpus, config=cfg, progress=progress_enabled())
 
 
 def _recording_for(lm, layer, neuron, kind, recording, corpus, max_tokens, k, stage=None):
-    from lmscope.neurons import NeuronRecording
+    from lmscope.neurons.recording import NeuronRecording
 
     if recording:
         if stage:
@@ -109,16 +109,16 @@ def _units(spec: str | None) -> list[int] | None:
 
 
 def _decode(lm, layer: int, neuron: int, k: int = 10):
-    """The atlas decoding, or (None, reason) when lmscope.atlas is not available."""
+    """The atlas decoding, or (None, reason) when lmscope.neurons.atlas is not available."""
     try:
-        from lmscope.atlas import decode_neuron
+        from lmscope.neurons.atlas import decode_neuron
     except ImportError as e:
-        return None, f"LM-head decoding unavailable (lmscope.atlas could not be imported: {e})."
+        return None, f"LM-head decoding unavailable (lmscope.neurons.atlas could not be imported: {e})."
     return decode_neuron(lm, layer, neuron, k=k), None
 
 
 def _prompt_set(path: str, field: str | None):
-    from lmscope.corpus import read_prompts
+    from lmscope.datasets.corpus import read_prompts
 
     return read_prompts(path, field=field)
 
@@ -143,8 +143,8 @@ def register(cli: click.Group) -> None:
     @device_option
     def record(model, layers, kind, units, corpus, max_tokens, window, batch_size, top_k, out, as_json, device):
         """Record neuron statistics and top contexts over a corpus."""
-        from lmscope.neurons import RecordConfig, neuron_sites
-        from lmscope.neurons import record as do_record
+        from lmscope.neurons.recording import RecordConfig, neuron_sites
+        from lmscope.neurons.recording import record as do_record
 
         sel = _units(units)
         precheck(model, "--layers/--neurons", lambda shape: neuron_sites(shape, layers, kind=kind, units=sel))
@@ -219,8 +219,8 @@ def register(cli: click.Group) -> None:
     @device_option
     def correlate(model, data, layer, all_layers, kind, reduce, by, sign, n_top, as_json, device):
         """Rank neurons by association with a labelled behaviour (AUROC, difference of means)."""
-        from lmscope.neuron_corr import correlate as do_correlate
-        from lmscope.neuron_corr import load_labelled
+        from lmscope.neurons.correlation import correlate as do_correlate
+        from lmscope.neurons.correlation import load_labelled
 
         if layer is not None and all_layers:
             raise click.UsageError("Pass --layer L or --all, not both.")
@@ -275,11 +275,11 @@ def register(cli: click.Group) -> None:
     def ablate(model, neuron_spec, prompts, field, target, baseline, method, reference, neutral, n_neutral, curve, k_max,
                rank_by, rank_prompts, rank_data, n_random, seed, plot_path, as_json, device):
         """Ablate neurons and measure target-token probabilities, flips and neutral KL."""
-        from lmscope import neuron_causal as nc
-        from lmscope.corpus import DEFAULT_CORPUS, read_prompts, read_texts
-        from lmscope.neuron_corr import correlate as do_correlate
-        from lmscope.neuron_corr import load_labelled
-        from lmscope.neurons import parse_neurons
+        from lmscope.datasets.corpus import DEFAULT_CORPUS, read_prompts, read_texts
+        from lmscope.neurons import causal as nc
+        from lmscope.neurons.correlation import correlate as do_correlate
+        from lmscope.neurons.correlation import load_labelled
+        from lmscope.neurons.recording import parse_neurons
 
         if not curve and not neuron_spec:
             raise click.UsageError("Name the neurons (L.N,...) or pass --curve to rank them.")
@@ -349,7 +349,7 @@ def register(cli: click.Group) -> None:
     @device_option
     def agreement(model, n_rank, n_eval, k_max, n_random, method, n_neutral, seed, plot_path, as_json, device):
         """Singular/plural demo: ablate the top "these"-vs-"this" neurons vs random ones."""
-        from lmscope.agreement import agreement_demo
+        from lmscope.neurons.agreement import agreement_demo
 
         stage = Stages(2)
         stage(f"loading {model}")
@@ -391,9 +391,9 @@ def register(cli: click.Group) -> None:
     @device_option
     def dose(model, neuron_spec, prompts, field, target, baseline, values, positions, plot_path, as_json, device):
         """Set neurons to a range of values and measure the target probability."""
-        from lmscope.neuron_causal import dose_response
-        from lmscope.neurons import parse_neurons
-        from lmscope.positions import normalize
+        from lmscope.engine.positions import normalize
+        from lmscope.neurons.causal import dose_response
+        from lmscope.neurons.recording import parse_neurons
 
         vals = _values(values)
         check_neurons(model, "L.N[,L.N...]", neuron_spec)

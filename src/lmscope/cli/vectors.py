@@ -31,7 +31,7 @@ data_option = click.option("--data", "data", help="Dataset name (refusal, sentim
 
 def _parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
     """'4,8,12', '4:20:4' (start:stop:step, stop exclusive), 'all', or None."""
-    from lmscope.errors import InputError
+    from lmscope.engine.errors import InputError
 
     if spec is None:
         return None
@@ -47,7 +47,7 @@ def _parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
 
 
 def _parse_floats(spec: str) -> tuple[float, ...]:
-    from lmscope.errors import InputError
+    from lmscope.engine.errors import InputError
 
     try:
         vals = tuple(float(p) for p in spec.split(",") if p.strip())
@@ -59,7 +59,7 @@ def _parse_floats(spec: str) -> tuple[float, ...]:
 
 
 def _dataset_default_chat(name: str, lm) -> bool:
-    from lmscope.steering import CHAT_TASKS, default_task
+    from lmscope.vectors.steering import CHAT_TASKS, default_task
 
     return default_task(name) in CHAT_TASKS and bool(getattr(lm.tokenizer, "chat_template", None))
 
@@ -67,8 +67,8 @@ def _dataset_default_chat(name: str, lm) -> bool:
 def _task_for(lm, vector, data: str | None, task: str | None, chat: bool | None, n_eval: int):
     """The task to score, on the held-out split recorded in the vector (so the items scored
     were not used to build it)."""
-    from lmscope.contrast_data import load_contrast, resolve_name
-    from lmscope.steering import default_task, make_task
+    from lmscope.datasets.contrast import load_contrast, resolve_name
+    from lmscope.vectors.steering import default_task, make_task
 
     src = data or resolve_name(str(vector.meta.get("dataset", ""))) or vector.meta.get("dataset_source") or None
     contrast = load_contrast(src) if src else None
@@ -128,8 +128,12 @@ def register(cli: click.Group) -> None:
     def make(model, data, method, position, site, chat, layers, held_out, seed, limit, balance, batch_size, out, plot,
              as_json, device, dtype) -> None:
         """Extract a contrastive vector at every layer (one pass) and save it with a sidecar."""
-        from lmscope.contrast_data import load_contrast
-        from lmscope.vectors import ExtractConfig, best_separating_layer, make_vector
+        from lmscope.datasets.contrast import load_contrast
+        from lmscope.vectors.vector import (
+            ExtractConfig,
+            best_separating_layer,
+            make_vector,
+        )
 
         contrast = load_contrast(data)  # a bad name or file fails before the model loads
         if limit:
@@ -191,9 +195,9 @@ def register(cli: click.Group) -> None:
     def sweep(model, file, data, task, chat, layers, coefs, raw, goal, kl_max, repetition_margin, gen_tokens, n_eval,
               out, record, as_json, device, dtype) -> None:
         """Layer x coefficient sweep of behaviour and side effects; recommends a (layer, coef)."""
-        from lmscope.steering import SweepConfig
-        from lmscope.steering import sweep as run_sweep
-        from lmscope.vectors import Vector
+        from lmscope.vectors.steering import SweepConfig
+        from lmscope.vectors.steering import sweep as run_sweep
+        from lmscope.vectors.vector import Vector
 
         coef_list = _parse_floats(coefs)
         check_layers(model, "--layers", layers, parse=_parse_layers)
@@ -253,8 +257,8 @@ def register(cli: click.Group) -> None:
     def verify(model, file, layer, coef, mode, raw, data, task, chat, n_random, seed, n_eval, out, record, as_json,
                device, dtype) -> None:
         """Add to prompts without the behaviour, remove from prompts with it; next to random directions."""
-        from lmscope.steering import verify as run_verify
-        from lmscope.vectors import Vector
+        from lmscope.vectors.steering import verify as run_verify
+        from lmscope.vectors.vector import Vector
 
         check_layers(model, "--layer", layer)
         stage = Stages(2)
@@ -306,8 +310,8 @@ def register(cli: click.Group) -> None:
     def apply(model, file, layer, coef, prompts, mode, raw, chat, max_new_tokens, top_k, as_json, device,
               dtype) -> None:
         """Generate with the vector added, subtracted or ablated, next to the unsteered text."""
-        from lmscope.steering import raw_scale, steer_edits, with_resid_norms
-        from lmscope.vectors import Vector
+        from lmscope.vectors.steering import raw_scale, steer_edits, with_resid_norms
+        from lmscope.vectors.vector import Vector
 
         check_layers(model, "--layer", layer)
         stage = Stages(2)
@@ -349,7 +353,7 @@ def register(cli: click.Group) -> None:
     @json_option
     def info(file, as_json) -> None:
         """Model, site, method, layers, norms, dataset and recorded evaluations of a vector file."""
-        from lmscope.vectors import Vector
+        from lmscope.vectors.vector import Vector
 
         vec = Vector.load(file)
         d = vec.info()
@@ -379,7 +383,7 @@ def register(cli: click.Group) -> None:
     @device_option
     def tokens(model, file, layer, k, as_json, device) -> None:
         """What the direction means in token space: final norm + unembedding of v[layer]."""
-        from lmscope.vectors import Vector
+        from lmscope.vectors.vector import Vector
 
         check_layers(model, "--layer", layer)
         lm = load_model(model, device)
@@ -400,7 +404,7 @@ def register(cli: click.Group) -> None:
     @json_option
     def algebra(expression, layer, normalize, out, as_json) -> None:
         """Combine vector files: A.safetensors + 0.5*B.safetensors - C.safetensors (spaces around + and -)."""
-        from lmscope.vectors import Vector, parse_expression
+        from lmscope.vectors.vector import Vector, parse_expression
 
         terms = parse_expression(list(expression))
         total = None

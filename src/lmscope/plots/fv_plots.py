@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ._mpl import pyplot, save
 
 if TYPE_CHECKING:
-    from ..function_vectors import Composition, LayerSweep
+    from lmscope.function_vectors.core import Composition, LayerSweep
 
 
 _plt = pyplot

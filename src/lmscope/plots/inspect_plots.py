@@ -1,7 +1,7 @@
 """Figures for residual decomposition / DLA, token edits, Patchscopes and back-patching.
 
 Every function writes one PNG (matplotlib, Agg backend) and returns its path. Inputs are the
-result objects of `lmscope.decompose`, `lmscope.patchscopes` and `lmscope.backpatch`.
+result objects of `lmscope.inspect.decomposition`, `lmscope.inspect.patchscopes` and `lmscope.inspect.backpatching`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from ._mpl import pyplot, save
 
 if TYPE_CHECKING:
-    from ..backpatch import BackpatchResult
-    from ..decompose import Attribution, TokenEditResult
-    from ..patchscopes import EntitySweep, IdentitySweep
+    from lmscope.inspect.backpatching import BackpatchResult
+    from lmscope.inspect.decomposition import Attribution, TokenEditResult
+    from lmscope.inspect.patchscopes import EntitySweep, IdentitySweep
 
 
 _plt = pyplot

@@ -2,7 +2,7 @@
 
 Every function writes one file (PNG with matplotlib's Agg backend, or a self-contained HTML
 page with its data inline) and returns its path. Inputs are the result objects of
-`lmscope.lens`, `lmscope.tuned_lens` and `lmscope.latent_language`.
+`lmscope.lens.logit`, `lmscope.lens.tuned` and `lmscope.lens.latent`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from ._mpl import pyplot, save
 
 if TYPE_CHECKING:
-    from ..latent_language import LatentLanguageResult
-    from ..lens import LensResult
-    from ..tuned_lens import LensComparison
+    from lmscope.lens.latent import LatentLanguageResult
+    from lmscope.lens.logit import LensResult
+    from lmscope.lens.tuned import LensComparison
 
 
 _plt = pyplot

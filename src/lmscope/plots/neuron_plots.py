@@ -46,7 +46,7 @@ def examples_html(title: str, examples: Sequence[dict], *, stats: dict | None = 
         title: Page title (the neuron).
         examples: `Example.to_dict()` rows (tokens, acts, max_act, max_index).
         stats: `NeuronRecording.neuron_stats` output.
-        decoding: `lmscope.atlas.decode_neuron` output ({kind: [(token, score)]}).
+        decoding: `lmscope.neurons.atlas.decode_neuron` output ({kind: [(token, score)]}).
         hist: {"edges", "counts"} for an activation histogram.
     """
     scale = max((abs(a) for e in examples for a in e["acts"]), default=1.0) or 1.0

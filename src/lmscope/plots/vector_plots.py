@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from ._mpl import pyplot, save
 
 if TYPE_CHECKING:
-    from ..steering import SweepResult, VerifyReport
-    from ..vectors import Vector
+    from lmscope.vectors.steering import SweepResult, VerifyReport
+    from lmscope.vectors.vector import Vector
 
 
 _plt = pyplot

@@ -37,9 +37,16 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from lmscope.errors import InputError, LmscopeError
+from lmscope.engine.errors import InputError, LmscopeError
 
-from .bodies import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, GenerateRequest, LensRequest, RunRequest, validation_body
+from .bodies import (
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
+    GenerateRequest,
+    LensRequest,
+    RunRequest,
+    validation_body,
+)
 from .edits import VectorFolders, build_edits
 from .guard import LOCAL_HOSTS, Guard, short
 from .worker import Busy, Worker
@@ -146,7 +153,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
 
     def atlas():
         if state["atlas"] is None:
-            load_atlas = _optional("lmscope.atlas", "load_atlas")
+            load_atlas = _optional("lmscope.neurons.atlas", "load_atlas")
             state["atlas"] = load_atlas(lm, path=atlas_path, build=False)  # building takes minutes: CLI job
         return state["atlas"]
 
@@ -154,7 +161,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         if atlas_path is not None:
             return Path(atlas_path)
         try:
-            return _optional("lmscope.atlas_db", "default_path")(lm)
+            return _optional("lmscope.neurons.atlas_db", "default_path")(lm)
         except Unavailable:
             return None
 
@@ -246,7 +253,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
                 "baseline": base.texts[0], "edited": out.texts[0], "warnings": warnings}
 
     def lens_job(req: LensRequest) -> dict:
-        lens = _optional("lmscope.lens", "logit_lens")
+        lens = _optional("lmscope.lens.logit", "logit_lens")
         n = int(_tokenize(lm, req.prompt, req.chat, max_prompt_tokens).input_ids.shape[1])
         most = _lens_positions(lm, req.top_k, max_prompt_tokens)
         if n > most:
@@ -280,7 +287,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
 
     @app.get("/api/neuron/{layer}/{neuron}")
     async def neuron(layer: int, neuron: int, k: Annotated[int, Query(ge=1, le=100)] = 10):
-        decode = _optional("lmscope.atlas", "decode_neuron")
+        decode = _optional("lmscope.neurons.atlas", "decode_neuron")
 
         def job(_):
             site = lm.site(f"layers.{layer}.mlp.neurons[{neuron}]")  # validates; negatives -> indices

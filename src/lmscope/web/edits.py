@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmscope.errors import ArtifactError, InputError
+from lmscope.engine.errors import ArtifactError, InputError
 
 from .bodies import EditSpec
 from .guard import short
@@ -80,7 +80,7 @@ def _check_files(path: Path) -> None:
 def artifact_vector(lm, folders: VectorFolders, name: str, layer: int):
     """The [d_model] vector for `layer` from a saved artifact (keys `layers.L` or `vector`),
     validated against the model by `load_artifact`."""
-    from lmscope.artifacts import load_artifact
+    from lmscope.engine.artifacts import load_artifact
 
     path = folders.resolve(name)
     _check_files(path)
@@ -100,7 +100,7 @@ def artifact_vector(lm, folders: VectorFolders, name: str, layer: int):
 def build_edits(lm, specs: list[EditSpec], folders: VectorFolders) -> list:
     """`EditSpec`s -> lmscope interventions. Sites are resolved first, so a bad layer, unit or
     name is a SiteError naming the valid range before anything runs."""
-    from lmscope.interventions import Add, Set, Zero
+    from lmscope.engine.interventions import Add, Set, Zero
 
     edits = []
     for i, e in enumerate(specs):

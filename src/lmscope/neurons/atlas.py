@@ -1,0 +1,426 @@
+"""Neuron atlas: every MLP neuron's weights read in token space through the LM head (Davies 2025).
+
+A neuron reads the residual stream through its input rows and writes into it along its output
+column. Passing such a direction `w` [d_model] through the model's own final norm (linearised:
+centred for LayerNorm, times the gain, Gemma: 1 + w) and the unembedding gives one score per
+token:
+
+    scores = (w * final_norm_gain) @ W_U            # [d_vocab]
+
+Decoded weight kinds (`KINDS`):
+
+    in_gate     gate-projection row: what makes the neuron's gate open (gated MLPs only)
+    in_up       up-projection row: the value the neuron reads. Davies decodes this one; for a
+                gated MLP act(gate) * up reads the residual through both rows, so we decode
+                both and store both (`in_gate` is None/absent for ungated MLPs)
+    out         down-projection column: tokens the neuron promotes when it fires positively
+    out_bottom  the same column, lowest scores: tokens it suppresses
+
+The whole model costs one float32 matmul per layer and kind, `[d_mlp, d_model] x [d_model,
+d_vocab]`, chunked over neurons so the `[chunk, d_vocab]` score block stays within
+`chunk_mib`, with an exact two-stage top-k (block maxima, then the candidate blocks) that
+costs a fraction of the matmul. No Python loop runs over neurons.
+
+Not folded in: the MLP's own pre/post norms (Gemma's pre/post-feedforward norms, LLaMA's
+post-attention norm), the unembedding bias and the final logit softcap (monotone, so top-k
+is unchanged). Scores are directions' logits, not probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lmscope.engine import norms
+from lmscope.engine.arch import get_module
+from lmscope.engine.errors import InputError
+from lmscope.engine.model import Model
+
+log = logging.getLogger(__name__)
+
+KINDS = ("in_gate", "in_up", "out", "out_bottom")
+# kind -> which weight matrix it decodes
+_SOURCE = {"in_gate": "gate", "in_up": "up", "out": "out", "out_bottom": "out"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AtlasConfig:
+    """What to decode and how.
+
+    Attributes:
+        k: Tokens kept per neuron and kind.
+        kinds: Which of `KINDS` to decode (`in_gate` is skipped for ungated MLPs).
+        layers: Layers to decode (None: all).
+        chunk_mib: Memory bound of one float32 score block `[chunk, d_vocab]`, in MiB.
+        block: Width of the vocabulary blocks of the two-stage top-k (None: about
+            sqrt(d_vocab / k), rounded to a power of two, which balances its two stages).
+    """
+
+    k: int = 20
+    kinds: tuple[str, ...] = KINDS
+    layers: tuple[int, ...] | None = None
+    chunk_mib: int = 256
+    block: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise InputError(f"k must be at least 1, got {self.k}.")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise InputError(f"Unknown atlas kinds {bad or '(none)'}; choose from {', '.join(KINDS)}.")
+        if self.chunk_mib < 1 or (self.block is not None and self.block < 1):
+            raise InputError("chunk_mib and block must be positive.")
+
+
+@dataclass
+class NeuronTopK:
+    """Decoded top-k tokens of every neuron of the decoded layers.
+
+    Attributes:
+        layers: The decoded layers, in order (row i of every tensor is layer `layers[i]`).
+        ids: kind -> token ids, LongTensor [n_layers_decoded, d_mlp, k] (CPU).
+        scores: kind -> scores, float32 [n_layers_decoded, d_mlp, k] (CPU), sorted best first
+            (descending; ascending for `out_bottom`).
+        seconds: Wall time of the decoding.
+        flops: Floating-point operations of its matmuls.
+    """
+
+    layers: tuple[int, ...]
+    ids: dict[str, Tensor] = field(default_factory=dict)
+    scores: dict[str, Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+    flops: float = 0.0
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.ids)
+
+
+def is_gated(lm: Model) -> bool:
+    return lm.spec.gate is not None or lm.spec.fused_gate_up
+
+
+def _kinds_for(lm: Model, kinds: Sequence[str]) -> tuple[str, ...]:
+    return tuple(k for k in kinds if k != "in_gate" or is_gated(lm))
+
+
+def to_token_space(lm: Model, w: Tensor) -> Tensor:
+    """Directions [..., d_model] -> what the LM head sees: centred (LayerNorm) and times the
+    final-norm gain, float32 on the model's device."""
+    norm = get_module(lm.hf, lm.spec.final_norm)
+    w = norms.centre(w.detach().to(lm.device, torch.float32), lm.spec.norm_kind)
+    return w * norms.gain(norm, lm.spec.norm_kind).to(lm.device)
+
+
+def _unembed_matrix(lm: Model) -> Tensor:
+    return lm.weights.W_U.detach().to(torch.float32)  # [d_model, d_vocab]; a view when float32
+
+
+def auto_block(d_vocab: int, k: int) -> int:
+    """Block width balancing the block-maxima top-k (d_vocab / block) and the candidates (k * block)."""
+    return int(min(1024, max(16, 2 ** round(math.log2(math.sqrt(d_vocab / k))))))
+
+
+def topk_rows(x: Tensor, k: int, *, largest: bool = True, block: int | None = None) -> tuple[Tensor, Tensor]:
+    """Exact `x.topk(k, dim=1)` for wide rows, faster: the top-k of a row lie in the k blocks
+    (of `block` columns) with the largest block maxima, so only those are searched.
+
+    Args:
+        x: [n, V] scores.
+        k: How many per row.
+        largest: False for the bottom k.
+        block: Block width (None: `auto_block`).
+
+    Returns:
+        (values [n, k], indices [n, k]), sorted best first. Ties may pick other indices than
+        `torch.topk`, with equal values.
+    """
+    n, v = x.shape
+    if k > v:
+        raise InputError(f"k={k} exceeds the {v} columns.")
+    block = block or auto_block(v, k)
+    nb = v // block
+    if nb <= k or v < 8 * block:
+        return x.topk(k, dim=1, largest=largest)
+    main = x[:, : nb * block].unflatten(1, (nb, block))  # [n, nb, block], a view
+    ext = main.amax(-1) if largest else main.amin(-1)  # [n, nb]
+    _, bi = ext.topk(k, dim=1, largest=largest)  # [n, k] blocks holding the top k
+    idx = (bi[:, :, None] * block + torch.arange(block, device=x.device)).flatten(1)  # [n, k*block]
+    if nb * block < v:  # the tail that does not fill a block is always a candidate
+        tail = torch.arange(nb * block, v, device=x.device).expand(n, -1)
+        idx = torch.cat([idx, tail], 1)
+    vals, j = x.gather(1, idx).topk(k, dim=1, largest=largest)
+    return vals, idx.gather(1, j)
+
+
+def chunk_rows(lm: Model, config: AtlasConfig) -> int:
+    """Neurons per matmul chunk: a float32 [chunk, d_vocab] block within `config.chunk_mib`."""
+    return max(1, min(lm.d_mlp, config.chunk_mib * 2**20 // (4 * lm.d_vocab)))
+
+
+def decode_layer(lm: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, _w_u: Tensor | None = None,
+                 _buf: Tensor | None = None, _on_chunk: Callable[[int], None] | None = None
+                 ) -> dict[str, tuple[Tensor, Tensor]]:
+    """Top-k tokens of every neuron of one layer: kind -> (ids [d_mlp, k], scores [d_mlp, k]),
+    on the model's device. `_on_chunk(rows)` is called after each chunk (progress)."""
+    w_u = _unembed_matrix(lm) if _w_u is None else _w_u
+    chunk = chunk_rows(lm, config)
+    buf = torch.empty(chunk, lm.d_vocab, device=lm.device) if _buf is None else _buf
+    kinds = _kinds_for(lm, config.kinds)
+    out: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
+    with torch.inference_mode():
+        for src in dict.fromkeys(_SOURCE[k] for k in kinds):  # each matrix once: out feeds two kinds
+            w = lm.weights.W_out(layer) if src == "out" else lm.weights.W_in(layer, src)
+            rows = to_token_space(lm, w)  # [d_mlp, d_model]
+            for s in range(0, lm.d_mlp, chunk):
+                part = rows[s : s + chunk]
+                scores = torch.mm(part, w_u, out=buf[: len(part)])  # [chunk, d_vocab]
+                for kind in kinds:
+                    if _SOURCE[kind] == src:
+                        v, i = topk_rows(scores, config.k, largest=kind != "out_bottom", block=config.block)
+                        out[kind][0].append(i)
+                        out[kind][1].append(v)
+                if _on_chunk is not None:
+                    _on_chunk(len(part))
+    return {k: (torch.cat(i), torch.cat(v)) for k, (i, v) in out.items()}
+
+
+def _layers(lm: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
+    if layers is None:
+        return tuple(range(lm.n_layers))
+    return tuple(lm.site(f"layers.{L}.resid_post").layer for L in layers)  # validates, normalises
+
+
+def _about(seconds: float) -> str:
+    return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+
+
+def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bool = False,
+                 notify: Callable[[str], None] | None = None) -> NeuronTopK:
+    """Decode every neuron of the selected layers (see the module docstring).
+
+    Args:
+        progress: Show a tqdm bar over the matmul chunks.
+        notify: Called with a few status lines (the CLI prints them on stderr): the time the
+            whole decoding will take, estimated from the first chunk, and, without a bar,
+            how far it got every ~15 s.
+    """
+    from tqdm.auto import tqdm
+
+    layers = _layers(lm, config.layers)
+    kinds = _kinds_for(lm, config.kinds)
+    w_u = _unembed_matrix(lm)
+    buf = torch.empty(chunk_rows(lm, config), lm.d_vocab, device=lm.device)  # reused: no page faults per chunk
+    n_mats = len({_SOURCE[k] for k in kinds})
+    n_rows = len(layers) * n_mats * lm.d_mlp  # one weight row (or column) per neuron and matrix
+    res = NeuronTopK(layers=layers, flops=2.0 * len(layers) * n_mats * lm.d_mlp * lm.d_model * lm.d_vocab)
+    per: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
+    bar = tqdm(total=n_rows, desc=f"atlas {lm.name}", disable=not progress, unit="row", unit_scale=True)
+
+    def say(msg: str) -> None:
+        if notify is not None:
+            bar.clear()  # keep a live bar intact around the line
+            notify(msg)
+            bar.refresh()
+
+    chunks = [0]  # chunks decoded (a disabled bar does not count)
+
+    def on_chunk(rows: int) -> None:
+        bar.update(rows)
+        chunks[0] += 1
+        if chunks[0] == 1:  # includes warm-up, so the estimate errs on the long side
+            if lm.device.type == "cuda":
+                torch.cuda.synchronize(lm.device)
+            first = time.perf_counter() - t0
+            say(f"atlas: the first chunk ({rows} of {n_rows} weight rows x {lm.d_vocab} tokens) took {first:.2f} s, "
+                f"so decoding takes {_about(first * n_rows / rows)}")
+
+    t0 = time.perf_counter()
+    shown = t0
+    try:
+        for j, layer in enumerate(layers, 1):
+            for kind, (i, v) in decode_layer(lm, layer, config, _w_u=w_u, _buf=buf, _on_chunk=on_chunk).items():
+                per[kind][0].append(i.cpu())
+                per[kind][1].append(v.cpu())
+            now = time.perf_counter()
+            if not progress and j < len(layers) and now - shown > 15:
+                left = (now - t0) / j * (len(layers) - j)
+                say(f"atlas: {j}/{len(layers)} layers decoded in {now - t0:.0f} s, {_about(left)} left")
+                shown = now
+    finally:
+        bar.close()
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+    res.seconds = time.perf_counter() - t0
+    for kind, (i, v) in per.items():
+        res.ids[kind] = torch.stack(i)
+        res.scores[kind] = torch.stack(v).float()
+    log.info("Decoded %d layers x %d neurons x %d kinds of %s in %.1f s (%.0f GFLOP/s)", len(layers),
+             lm.d_mlp, len(kinds), lm.name, res.seconds, res.flops / max(res.seconds, 1e-9) / 1e9)
+    return res
+
+
+def decode_neuron(lm: Model, layer: int, neuron: int, k: int = 10) -> dict[str, list[tuple[str, float]] | None]:
+    """One neuron's weights in token space.
+
+    Returns:
+        {"in_gate", "in_up", "out", "out_bottom"} -> [(token text, score)] best first
+        (`out_bottom`: most suppressed first); "in_gate" is None for ungated MLPs.
+    """
+    site = lm.site(f"layers.{layer}.mlp.neurons[{neuron}]")  # validates layer and neuron
+    L, n = site.layer, site.units[0]
+    with torch.inference_mode():
+        mats = {"in_up": lm.weights.W_in(L, "up")[n], "out": lm.weights.W_out(L)[n]}
+        if is_gated(lm):
+            mats["in_gate"] = lm.weights.W_in(L, "gate")[n]
+        names = list(mats)
+        scores = to_token_space(lm, torch.stack([mats[m] for m in names])) @ _unembed_matrix(lm)  # [m, vocab]
+    k = min(k, scores.shape[1])
+    dec = lm.tokenizer.decode
+    res: dict[str, list[tuple[str, float]] | None] = {"in_gate": None}
+    for row, name in zip(scores, names, strict=True):
+        for kind, largest in ((name, True), ("out_bottom", False)) if name == "out" else ((name, True),):
+            v, i = row.topk(k, largest=largest)
+            res[kind] = [(dec([int(t)]), float(s)) for s, t in zip(v, i, strict=True)]
+    return {kind: res[kind] for kind in KINDS}
+
+
+def build_atlas(lm: Model, config: AtlasConfig = AtlasConfig(), *, path: str | Path | None = None,
+                progress: bool = False, notify: Callable[[str], None] | None = None):
+    """Decode the model and write the SQLite atlas (atomically). Returns the open `Atlas`.
+
+    `progress` shows a tqdm bar; `notify` receives status lines (where, how long) for a
+    person to read (see `decode_model`)."""
+    from lmscope.neurons.atlas_db import Atlas, default_path, write_atlas
+
+    path = Path(path) if path is not None else default_path(lm)
+    n_layers = lm.n_layers if config.layers is None else len(config.layers)
+    if notify is not None:
+        notify(f"atlas: decoding {n_layers} layers x {lm.d_mlp} neurons of {lm.name} through the LM head "
+               f"({', '.join(_kinds_for(lm, config.kinds))}) into {path}")
+    table = decode_model(lm, config, progress=progress, notify=notify)
+    if notify is not None:
+        notify(f"atlas: decoded in {table.seconds:.0f} s; writing the SQLite file {path}")
+    write_atlas(path, lm, table)
+    return Atlas.open(path, model=lm)
+
+
+def load_atlas(lm: Model, *, path: str | Path | None = None, build: bool = True, k: int = 20,
+               progress: bool = False, notify: Callable[[str], None] | None = None):
+    """The atlas of `lm` at `path` (default: the cache), built on first use when `build`
+    (`progress`, `notify`: see `build_atlas`)."""
+    from lmscope.engine.errors import ArtifactError
+    from lmscope.neurons.atlas_db import Atlas, default_path
+
+    path = Path(path) if path is not None else default_path(lm)
+    if path.is_file():
+        return Atlas.open(path, model=lm)
+    if not build:
+        raise ArtifactError(f"No atlas at {path}; build it with `lmscope atlas build {lm.name}`.")
+    log.info("No atlas for %s at %s: building it (once)", lm.name, path)
+    if notify is not None:
+        notify(f"atlas: none for {lm.name} at {path} yet; building it once (later runs read it in a moment)")
+    return build_atlas(lm, AtlasConfig(k=k), path=path, progress=progress, notify=notify)
+
+
+# ---- comparing two models of one architecture -----------------------------------------------
+
+def _top1(src, kinds: Sequence[str], layers: Sequence[int] | None, progress: bool) -> tuple[dict, dict, list]:
+    """kind -> top-1 ids [n_layers, d_mlp], the dims of `src` (a Model, an Atlas or a path),
+    and the layers covered."""
+    from lmscope.neurons.atlas_db import Atlas
+
+    if isinstance(src, (str, Path)):
+        with Atlas.open(src) as atlas:
+            return _top1(atlas, kinds, layers, progress)
+    if isinstance(src, Atlas):
+        have = [k for k in kinds if k in src.meta["kinds"]]
+        return {k: src.top1(k, layers) for k in have}, src.dims(), list(layers or src.meta["layers"])
+    table = decode_model(src, AtlasConfig(k=1, kinds=tuple(kinds), layers=tuple(layers) if layers else None),
+                         progress=progress)
+    dims = {"name": src.name, "n_layers": src.n_layers, "d_mlp": src.d_mlp, "d_vocab": src.d_vocab,
+            "d_model": src.d_model}
+    return {k: v[..., 0] for k, v in table.ids.items()}, dims, list(table.layers)
+
+
+def compare_atlases(a, b, *, kinds: Sequence[str] = ("in_gate", "in_up", "out"),
+                    layers: Sequence[int] | None = None, progress: bool = False) -> dict:
+    """Share of neurons whose top token is the same in two models of one architecture.
+
+    Args:
+        a, b: Models (decoded now, top-1 only) or `Atlas` objects / SQLite paths.
+        kinds: Which weight kinds to compare (`in_gate` is skipped when either is ungated).
+        layers: Restrict to these layers (None: all).
+
+    Returns:
+        {"a", "b", "n_neurons", "kinds": {kind: {"overall": share, "per_layer": [share, ...]}},
+         "layers": [...]}. Shares are in [0, 1].
+    """
+    ta, da, la = _top1(a, kinds, layers, progress)
+    tb, db, lb = _top1(b, kinds, layers, progress)
+    for key in ("n_layers", "d_mlp", "d_vocab"):
+        if da[key] != db[key]:
+            raise InputError(f"Cannot compare {da['name']} and {db['name']}: {key} differs ({da[key]} vs "
+                             f"{db[key]}); compare models of one architecture and tokenizer.")
+    common = [k for k in kinds if k in ta and k in tb]
+    if la != lb:
+        raise InputError(f"The two sides cover different layers ({la} vs {lb}); pass layers=[...] to compare.")
+    if not common:
+        raise InputError(f"None of the kinds {list(kinds)} was decoded in both atlases.")
+    out = {"a": da["name"], "b": db["name"], "kinds": {}}
+    for kind in common:
+        x, y = ta[kind], tb[kind]
+        same = (x == y).float()  # [n_layers, d_mlp]
+        out["kinds"][kind] = {"overall": float(same.mean()), "per_layer": same.mean(1).tolist()}
+        out["n_neurons"] = int(same.numel())
+    out["layers"] = la
+    return out
+
+
+def perturb_mlp(lm: Model, *, noise: float, seed: int = 0) -> Model:
+    """A copy of `lm` whose MLP weights (gate, up, down of every layer) get Gaussian noise of
+    `noise` x each matrix's standard deviation. The original model is not touched."""
+    if noise < 0:
+        raise InputError(f"noise must be >= 0, got {noise}.")
+    hf = copy.deepcopy(lm.hf)
+    spec = lm.spec
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in get_module(hf, spec.layers):
+            for path in (spec.gate, spec.up, spec.down):
+                if path is None:
+                    continue
+                w = get_module(block, path).weight
+                eps = torch.randn(w.shape, generator=gen) * (noise * float(w.float().std()))
+                w.add_(eps.to(w.device, w.dtype))
+    return Model(hf, lm.tokenizer, name=f"{lm.name}+mlpnoise{noise:g}s{seed}", source=lm.source,
+                 revision=lm.revision, arch=lm.spec)
+
+
+def plot_compare(result: dict, path: str | Path) -> Path:
+    """PNG of `compare_atlases` output: share of same top token per layer, one line per kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
+    for kind, r in result["kinds"].items():
+        ax.plot(result["layers"], r["per_layer"], marker="o", ms=3, label=f"{kind} (overall {r['overall']:.2f})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("same top token")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{result['a']} vs {result['b']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,271 @@
+"""Clamping neurons during generation, measured against a random-neuron control (Davies 2025).
+
+A clamp is a core `Set` edit on `layers.L.mlp.neurons[n]` with positions "all": the neuron's
+activation is replaced by a fixed value at every prompt token and every generated token.
+`clamp_experiment` measures what it does to
+
+- the next-token probability of the concept's tokens (summed over their single-token
+  spellings: " dog", "dog", " Dog", ...), at the last prompt position, and
+- how often the concept's keywords appear in the generations,
+
+for the clamped neurons, for random neurons of the same layers clamped to the same values
+(the control), and without any edit (the baseline).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from lmscope.datasets import shipped
+from lmscope.engine.errors import InputError
+from lmscope.engine.interventions import Set
+from lmscope.engine.model import Model
+
+Neuron = tuple[int, int]  # (layer, neuron)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClampConfig:
+    """How generations are made.
+
+    Attributes:
+        max_new_tokens: Tokens generated per prompt.
+        chat: Apply the model's chat template to the prompts.
+        do_sample: Sample (seeded) instead of greedy decoding.
+        temperature: Sampling temperature.
+        n_samples: Generations per prompt (more than 1 only makes sense with `do_sample`).
+        seed: Seed of the sampling and of the choice of control neurons.
+    """
+
+    max_new_tokens: int = 24
+    chat: bool = True
+    do_sample: bool = False
+    temperature: float = 1.0
+    n_samples: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.n_samples < 1:
+            raise InputError("max_new_tokens and n_samples must be at least 1.")
+        if self.n_samples > 1 and not self.do_sample:
+            raise InputError("n_samples > 1 with greedy decoding repeats one generation; set do_sample=True.")
+
+
+def parse_neurons(spec: str) -> list[Neuron]:
+    """'12.345' or '12.345,20.7' -> [(12, 345), (20, 7)]."""
+    out = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(-?\d+)\.(\d+)\s*", part)
+        if not m:
+            raise InputError(f"Neurons are given as LAYER.NEURON[,LAYER.NEURON...], e.g. '12.345'; got {part!r}.")
+        out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def _check(lm: Model, neurons: Sequence[Neuron]) -> list[Neuron]:
+    """Validate and normalise (negative layers) through the site grammar."""
+    out = []
+    for layer, n in neurons:
+        site = lm.site(f"layers.{layer}.mlp.neurons[{n}]")
+        out.append((site.layer, site.units[0]))
+    if not out:
+        raise InputError("No neurons given; pass at least one LAYER.NEURON.")
+    return out
+
+
+def clamp_edits(lm: Model, neurons: Sequence[Neuron], value: float | Sequence[float]) -> list[Set]:
+    """One `Set` edit per layer fixing the given neurons to `value` (one value, or one per
+    neuron) at every position, prompt and generated."""
+    neurons = _check(lm, neurons)
+    values = [float(value)] * len(neurons) if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != len(neurons):
+        raise InputError(f"{len(values)} values for {len(neurons)} neurons; pass one value or one per neuron.")
+    by_layer: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for (layer, n), v in zip(neurons, values, strict=True):
+        by_layer[layer].append((n, v))
+    return [Set(site=f"layers.{L}.mlp.neurons[{','.join(str(n) for n, _ in nv)}]",
+                value=torch.tensor([v for _, v in nv]), positions="all") for L, nv in sorted(by_layer.items())]
+
+
+def natural_activation(lm: Model, neurons: Sequence[Neuron], prompts: Sequence[str], *,
+                       chat: bool = False) -> list[dict]:
+    """Activation range of each neuron over every real token of `prompts`:
+    [{"layer", "neuron", "max", "min", "mean", "abs_max"}]."""
+    neurons = _check(lm, neurons)
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for layer, n in neurons:
+        by_layer[layer].append(n)
+    sites = {L: f"layers.{L}.mlp.neurons[{','.join(map(str, ns))}]" for L, ns in by_layer.items()}
+    res = lm.run(list(prompts), capture=list(sites.values()), logits=None, chat=chat)
+    mask = res.batch.attention_mask.bool()  # [batch, pos]
+    stats = {}
+    for L, site in sites.items():
+        acts = res.cache[site].float()[mask]  # [tokens, n_units]
+        for j, n in enumerate(by_layer[L]):
+            a = acts[:, j]
+            stats[(L, n)] = {"layer": L, "neuron": n, "max": float(a.max()), "min": float(a.min()),
+                             "mean": float(a.mean()), "abs_max": float(a.abs().max())}
+    return [stats[x] for x in neurons]
+
+
+def random_controls(lm: Model, neurons: Sequence[Neuron], *, seed: int = 0) -> list[Neuron]:
+    """For each neuron, a random other neuron of the same layer (seeded; no neuron twice)."""
+    neurons = _check(lm, neurons)
+    gen = torch.Generator().manual_seed(seed)
+    taken = set(neurons)
+    out = []
+    for layer, _ in neurons:
+        while True:
+            n = int(torch.randint(lm.d_mlp, (1,), generator=gen))
+            if (layer, n) not in taken:
+                break
+        taken.add((layer, n))
+        out.append((layer, n))
+    return out
+
+
+def concept_token_ids(lm: Model, words: Sequence[str]) -> list[int]:
+    """Ids of the single-token spellings of `words` (" dog", "dog", " Dog", "Dog")."""
+    ids = []
+    for w in words:
+        for form in (f" {w}", w, f" {w.capitalize()}", w.capitalize()):
+            enc = lm.tokenizer(form, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1:
+                ids.append(enc[0])
+    return sorted(set(ids))
+
+
+def concept_hits(texts: Sequence[str], keywords: Sequence[str]) -> list[bool]:
+    """Whether each text contains any keyword as a whole word (case-insensitive)."""
+    if not keywords:
+        raise InputError("No concept keywords given.")
+    pat = re.compile(r"\b(" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
+    return [bool(pat.search(t)) for t in texts]
+
+
+def next_token_prob(lm: Model, prompts: Sequence[str], token_ids: Sequence[int], *, edits=(),
+                    chat: bool = False) -> Tensor:
+    """Probability mass on `token_ids` at the next position of each prompt, float32 [batch]."""
+    if not token_ids:
+        raise InputError("No concept tokens: none of the words is a single token of this tokenizer.")
+    res = lm.run(list(prompts), edits=list(edits), chat=chat)  # logits [batch, vocab]
+    probs = res.logits.float().softmax(-1)
+    return probs[:, torch.as_tensor(list(token_ids), device=probs.device)].sum(-1).cpu()
+
+
+def load_concept(name: str) -> dict:
+    """A concept from `lmscope/data/concepts.jsonl`: {"concept", "prompt", "keywords"}."""
+    rows = shipped.rows("concepts.jsonl")
+    for r in rows:
+        if r["concept"] == name:
+            return r
+    raise InputError(f"Unknown concept {name!r}; known: {', '.join(r['concept'] for r in rows)}.")
+
+
+def neutral_prompts(n: int | None = None) -> list[str]:
+    """Prompts from `lmscope/data/neutral_prompts.jsonl` (the first n)."""
+    rows = shipped.texts("neutral_prompts.jsonl")
+    return rows[:n] if n is not None else rows
+
+
+@dataclass
+class ClampArm:
+    """One condition of the experiment."""
+
+    name: str  # "baseline", "clamped" or "control"
+    neurons: list[Neuron]
+    values: list[float]
+    texts: list[str] = field(default_factory=list)
+    concept_rate: float | None = None  # share of generations with a keyword
+    concept_prob: float | None = None  # mean next-token probability of the concept tokens
+
+
+@dataclass
+class ClampReport:
+    prompts: list[str]
+    keywords: list[str]
+    token_ids: list[int]
+    arms: dict[str, ClampArm]
+    config: ClampConfig
+
+    def ratio(self, arm: str) -> float | None:
+        """Concept next-token probability of an arm over the baseline's."""
+        a, b = self.arms[arm].concept_prob, self.arms["baseline"].concept_prob
+        return None if a is None or b is None else a / max(b, 1e-30)
+
+    def to_dict(self) -> dict:
+        return {"prompts": self.prompts, "keywords": self.keywords, "token_ids": self.token_ids,
+                "config": asdict(self.config),
+                "arms": {k: {**asdict(a), "prob_ratio": self.ratio(k)} for k, a in self.arms.items()}}
+
+
+def _generate(lm: Model, prompts: list[str], edits, cfg: ClampConfig) -> list[str]:
+    many = [p for p in prompts for _ in range(cfg.n_samples)]
+    gen = lm.generate(many, edits=edits, max_new_tokens=cfg.max_new_tokens, chat=cfg.chat,
+                      do_sample=cfg.do_sample, temperature=cfg.temperature, seed=cfg.seed)
+    return gen.texts
+
+
+def clamp_experiment(lm: Model, neurons: Sequence[Neuron], *, value: float | Sequence[float],
+                     prompts: Sequence[str], keywords: Sequence[str] = (), concept_words: Sequence[str] = (),
+                     control: bool = True, generate: bool = True,
+                     config: ClampConfig = ClampConfig()) -> ClampReport:
+    """Clamp `neurons` to `value` and compare with the baseline and a random-neuron control.
+
+    Args:
+        lm: The model.
+        neurons: [(layer, neuron)] to clamp.
+        value: One value for all, or one per neuron.
+        prompts: Prompts to generate from.
+        keywords: Words whose presence in a generation counts as the concept appearing.
+        concept_words: Words whose single-token spellings make the next-token probability
+            (default: `keywords`).
+        control: Also clamp random neurons of the same layers to the same values.
+        generate: Generate (False: next-token probabilities only, much faster).
+        config: Generation settings.
+    """
+    neurons = _check(lm, neurons)
+    prompts = list(prompts)
+    values = [float(value)] * len(neurons) if isinstance(value, (int, float)) else [float(v) for v in value]
+    token_ids = concept_token_ids(lm, list(concept_words or keywords))
+    arms = {"baseline": ClampArm("baseline", [], []), "clamped": ClampArm("clamped", neurons, values)}
+    if control:
+        arms["control"] = ClampArm("control", random_controls(lm, neurons, seed=config.seed), values)
+    for arm in arms.values():
+        edits = clamp_edits(lm, arm.neurons, arm.values) if arm.neurons else []
+        if token_ids:
+            arm.concept_prob = float(next_token_prob(lm, prompts, token_ids, edits=edits, chat=config.chat).mean())
+        if generate:
+            arm.texts = _generate(lm, prompts, edits, config)
+            if keywords:
+                hits = concept_hits(arm.texts, keywords)
+                arm.concept_rate = sum(hits) / len(hits)
+    return ClampReport(prompts, list(keywords), token_ids, arms, config)
+
+
+def plot_clamp(report: ClampReport, path) -> None:
+    """PNG: concept rate in generations and next-token probability ratio, per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.arms)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), dpi=120)
+    rates = [report.arms[n].concept_rate or 0.0 for n in names]
+    axes[0].bar(names, rates, color=["grey", "tab:red", "tab:blue"][: len(names)])
+    axes[0].set_ylim(0, 1)
+    axes[0].set_title("concept in generations", fontsize=9)
+    ratios = [report.ratio(n) or 0.0 for n in names]
+    axes[1].bar(names, ratios, color=["grey", "tab:red", "tab:blue"][: len(names)])
+    axes[1].set_yscale("log")
+    axes[1].set_title("p(concept token next) / baseline", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
