@@ -126,7 +126,7 @@ def step_patchscope(lm: Model, ctx: TourContext) -> dict:
     ctx.say(f"  {r.target_prompt!r}")
     ctx.say(f"  patched:   {r.text!r}")
     ctx.say(f"  unpatched: {r.text_unpatched!r}   (the same prompt with a literal 'x')")
-    return {**r.to_json(), "figures": []}
+    return {**r.to_dict(), "figures": []}
 
 
 PLURAL_PROMPTS = [

@@ -77,7 +77,7 @@ BAD = [  # (arguments, what the message must say)
     (["neuron", "ablate", "gemma-3-270m", "1.1,19.1", "--prompts", "{file}", "--target", " x"], "Layer 19"),
     (["atlas", "neuron", "gemma-3-270m", "18.0"], "Layer 18"),
     (["atlas", "build", "gemma-3-270m", "--layers", "0,18"], "Layer 18"),
-    (["atlas", "build", "gemma-3-270m", "--layers", "0,a"], "comma-separated layers"),
+    (["atlas", "build", "gemma-3-270m", "--layers", "0,a"], "Layers are written 'all', '3,6,9'"),
     (["atlas", "clamp", "smollm2-135m-instruct", "29.1536", "--prompt", "Hi"], "Neuron 1536"),
     (["vector", "make", "gemma-3-270m", "--data", "sentiment", "--layers", "4:40:4", "--out", "{tmp}/v"], "Layer 20"),
     (["vector", "verify", "gemma-3-270m", "{file}", "--layer", "-19"], "Layer -19"),

@@ -14,6 +14,7 @@ from lmscope.engine.errors import InputError
 from lmscope.engine.hooks import hook_count
 from lmscope.engine.interventions import Set
 from lmscope.function_vectors import core as F
+from lmscope.function_vectors import scoring
 from lmscope.vectors.vector import Vector
 
 TINY_CFG = F.FVConfig(shots=2, n_prompts=6, n_test=5, drop_ambiguous=False, batch_size=4)
@@ -131,10 +132,10 @@ def test_kv_cached_indirect_effects_equal_full_forwards(tiny):
     aie = F.indirect_effects(tiny, bad, ids, mean_z, layers=[0, 2])
     assert hook_count(tiny.hf) == before
     assert torch.isnan(aie[1]).all() and torch.isfinite(aie[[0, 2]]).all()
-    p0 = T.score(tiny, bad, ids).prob
+    p0 = scoring.score(tiny, bad, ids).prob
     for lay, h in [(0, 1), (2, 3)]:
         ed = Set(site=f"layers.{lay}.attn.z[{h}]", value=mean_z[lay, h], positions="last")
-        full = (T.score(tiny, bad, ids, edits=[ed]).prob - p0).mean()
+        full = (scoring.score(tiny, bad, ids, edits=[ed]).prob - p0).mean()
         torch.testing.assert_close(aie[lay, h], full, atol=2e-6, rtol=1e-4)
 
 
@@ -142,13 +143,13 @@ def test_last_token_scorer_equals_full_forwards(tiny):
     v = F.make(tiny, "antonym", TINY_CFG)
     prompts = T.zero_shot_prompts(["hot", "beautiful", "up", "fast"])
     ids = torch.tensor([5, 9, 11, 13])
-    sc = T.LastTokenScorer(tiny, prompts, ids, batch_size=3)
+    sc = scoring.LastTokenScorer(tiny, prompts, ids, batch_size=3)
     for edits_fast, edits_full in [([], []),
                                    ([F.vector_edit(v, 1, scale=3.0, positions="last")],
                                     [F.vector_edit(v, 1, scale=3.0, positions="last")]),
                                    ([F.vector_edit(v, 0, mode="replace", positions="last")],
                                     [F.vector_edit(v, 0, mode="replace", positions="last")])]:
-        a, b = sc.score(edits_fast), T.score(tiny, prompts, ids, edits=edits_full)
+        a, b = sc.score(edits_fast), scoring.score(tiny, prompts, ids, edits=edits_full)
         torch.testing.assert_close(a.prob, b.prob, atol=1e-6, rtol=1e-4)
         assert torch.equal(a.top, b.top)
     with pytest.raises(InputError, match="positions='last'"):
@@ -202,7 +203,7 @@ def test_evaluate_and_compose_run_end_to_end(tmp_path):
     from lmscope.plots.fv_plots import plot_composition, plot_layer_sweep
 
     for fig in (plot_layer_sweep(sw, tmp_path / "s.png"), plot_composition(c, tmp_path / "c.png")):
-        assert fig.endswith(".png") and (tmp_path / fig).stat().st_size > 1000
+        assert fig.suffix == ".png" and fig.stat().st_size > 1000
 
 
 def test_config_and_vector_errors():

@@ -221,7 +221,7 @@ def test_backpatch_grid_on_some(some):
     assert nan.equal(~torch.ones(L, L, dtype=torch.bool).tril(-1))  # only l_s > l_t is defined
     assert set(res.control_grids) == {"random", "other"}
     assert 0.0 <= res.oracle <= 1.0 and len(res.cases) == c["cases"]
-    js = res.to_json()
+    js = res.to_dict()
     assert js["grid"][0][0] is None
     cells = torch.ones(L, L, dtype=torch.bool).tril(-1).sum() * c["cases"]
     fixed = sum(x["fixing_pairs"] for x in res.cases)

@@ -16,8 +16,8 @@ from conftest import TinyTokenizer, make_tiny
 
 import lmscope as ls
 from lmscope.engine import norms
-from lmscope.neurons import atlas_db
 from lmscope.engine.arch import get_module
+from lmscope.neurons import atlas_db
 from lmscope.neurons.atlas import (
     AtlasConfig,
     build_atlas,
@@ -298,15 +298,15 @@ def test_clamp_concept_neuron_beats_control(smollm, smollm_out_atlas):
 
 
 def test_plots_write_png(tmp_path):
-    from lmscope.neurons.atlas import plot_compare
-    from lmscope.neurons.clamp import plot_clamp
+    from lmscope.plots.neuron_plots import plot_atlas_comparison, plot_clamp
 
     lm = make_tiny("llama")
-    plot_compare(compare_atlases(lm, perturb_mlp(lm, noise=0.3)), tmp_path / "c.png")
+    c = plot_atlas_comparison(compare_atlases(lm, perturb_mlp(lm, noise=0.3)), tmp_path / "c.png")
     rep = clamp_experiment(lm, [(1, 2)], value=9.0, prompts=["ab"], keywords=["a"], generate=True,
                            config=ClampConfig(max_new_tokens=2, chat=False))
-    plot_clamp(rep, tmp_path / "k.png")
-    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "k.png").read_bytes()[:4]
+    k = plot_clamp(rep, tmp_path / "k.png")
+    assert (c, k) == (tmp_path / "c.png", tmp_path / "k.png")
+    assert c.read_bytes()[:4] == b"\x89PNG" == k.read_bytes()[:4]
 
 
 @pytest.mark.slow

@@ -366,9 +366,9 @@ def test_sequence_logprobs_match_full_logits(llama):
     assert float(comp[0]) == pytest.approx(float(want), abs=1e-4)
 
 
-def _tiny_task() -> st.Task:
+def _tiny_task() -> st.Behaviour:
     m = st.TokenMetric(prompts=("hello", "abc d"), words=("a", "b"), name="p(a,b)")
-    return st.Task(name="tiny", absent=m, present=m, neutral=("x y", "zz", "q"))
+    return st.Behaviour(name="tiny", absent=m, present=m, neutral=("x y", "zz", "q"))
 
 
 def test_token_metric_and_repetition(llama):

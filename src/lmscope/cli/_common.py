@@ -1,5 +1,5 @@
-"""Shared CLI pieces: model option, JSON/rich output. Heavy imports stay inside functions so
-`lmscope --help` answers instantly."""
+"""Shared CLI pieces: the model argument, output paths, loading, checks before the load,
+JSON/rich output. Heavy imports stay inside functions so `lmscope --help` answers instantly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from collections.abc import Callable
 
 import click
 
-model_argument = click.argument("model", default="gemma-3-270m", required=False)
+from .params import SEED
+
+__all__ = ["HTML_FILE", "OUT_DIR", "OUT_FILE", "PLOT_FILE", "SEED", "Stages", "check_layers", "check_neurons",
+           "check_sites", "console", "device_option", "dtype_option", "emit_json", "json_option", "load_model",
+           "model_argument", "model_name_argument", "neuron_names", "precheck", "progress_enabled", "resolve_neurons"]
+
+#: MODEL, the name of the model (the loaded one is `model` in the command bodies)
+model_argument = click.argument("model_name", metavar="[MODEL]", default="gemma-3-270m", required=False)
+#: MODEL when the command has no default model
+model_name_argument = click.argument("model_name", metavar="MODEL")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 dtype_option = click.option("--dtype", default="float32", show_default=True,
@@ -54,23 +63,17 @@ OUT_FILE = _OutPath(folder=False)
 OUT_DIR = _OutPath(folder=True)
 PLOT_FILE = _OutPath(folder=False, suffixes=(".png", ".svg", ".pdf"))
 HTML_FILE = _OutPath(folder=False, suffixes=(".html", ".htm"))
-SEED = click.IntRange(0, 2**32 - 1)  # what torch.manual_seed and random.Random accept
 
 
 def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
+    """`lmscope.engine.loading.load`, quiet (no HF bars or logs on stdout/stderr for --json)."""
     import torch
 
-    from lmscope.engine import loading as models
+    from lmscope.engine import loading
 
-    try:  # keep stdout/stderr clean for --json consumers
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
     if device == "cpu" and not os.environ.get("LMSCOPE_THREADS"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    return models.load(name, device=device, dtype=dtype)  # looked up at call time (tests stub it)
+    return loading.load(name, device=device, dtype=dtype, quiet=True)  # looked up at call time (tests stub it)
 
 
 class Stages:
@@ -87,15 +90,15 @@ class Stages:
         click.echo(f"[{self.i}/{self.n}] {what}", err=True)
 
 
-def precheck(model: str | None, hint: str, check: Callable) -> None:
-    """Run `check(shape)` against the known shape of an embedded MODEL (`models.known_shape`)
+def precheck(model_name: str | None, hint: str, check: Callable) -> None:
+    """Run `check(shape)` against the known shape of an embedded MODEL (`loading.known_shape`)
     before the command loads it, so that a typo in a layer or neuron costs no model load.
     An LmscopeError from `check` becomes a usage error naming `hint` (exit 2). Other models
     are checked by the library after loading, with the same messages."""
     from lmscope.engine.errors import LmscopeError
     from lmscope.engine.loading import known_shape
 
-    shape = known_shape(model) if model else None
+    shape = known_shape(model_name) if model_name else None
     if shape is None:
         return
     try:
@@ -104,31 +107,42 @@ def precheck(model: str | None, hint: str, check: Callable) -> None:
         raise click.BadParameter(str(e), param_hint=hint) from None
 
 
-def check_layers(model: str | None, hint: str, layers, parse: Callable | None = None) -> None:
-    """`precheck` a layer option: an int, a list of ints, None, or a string that
-    `parse(spec, n_layers)` turns into a list (None: nothing to check)."""
+def check_layers(model_name: str | None, hint: str, layers) -> None:
+    """`precheck` a layer option: an int, a sequence of ints (the `LAYERS` type), or None."""
     if layers is None:
         return
 
     def check(shape):
-        sel = parse(layers, shape.n_layers) if parse else layers
-        for layer in [sel] if isinstance(sel, int) else sel or ():
+        for layer in [layers] if isinstance(layers, int) else layers:
             shape.sites(f"layers.{layer}.resid_post")
 
-    precheck(model, hint, check)
+    precheck(model_name, hint, check)
 
 
-def check_neurons(model: str | None, hint: str, spec: str | None) -> None:
-    """`precheck` neurons written L.N[,L.N...] or layers.L.mlp.neurons[N,...] (None: nothing)."""
-    if spec:
-        from lmscope.neurons.recording import parse_neurons
+def resolve_neurons(model, neurons) -> list[tuple[int, int]]:
+    """(layer, neuron) pairs (the `NEURONS` type) checked against `model`, a loaded `Model` or
+    a `ModelShape`, with the site grammar's messages; negative indices resolved."""
+    out = []
+    for layer, n in neurons:
+        (site,) = model.sites(f"layers.{layer}.mlp.neurons[{n}]")
+        out.append((site.layer, site.units[0]))
+    return out
 
-        precheck(model, hint, lambda shape: parse_neurons(shape, spec))  # only .sites is used
+
+def check_neurons(model_name: str | None, hint: str, neurons) -> None:
+    """`precheck` (layer, neuron) pairs (None: nothing to check)."""
+    if neurons:
+        precheck(model_name, hint, lambda shape: resolve_neurons(shape, neurons))
 
 
-def check_sites(model: str | None, hint: str, sites) -> None:
+def check_sites(model_name: str | None, hint: str, sites) -> None:
     """`precheck` site strings such as 'layers.5.mlp.neurons[100]'."""
-    precheck(model, hint, lambda shape: [shape.sites(s) for s in sites])
+    precheck(model_name, hint, lambda shape: [shape.sites(s) for s in sites])
+
+
+def neuron_names(neurons) -> str:
+    """[(10, 1624), (12, 7)] -> "10.1624,12.7"."""
+    return ",".join(f"{layer}.{n}" for layer, n in neurons)
 
 
 def emit_json(obj) -> None:

@@ -1,18 +1,18 @@
-"""`lmscope` entry point: a click group; command groups register from their own modules."""
+"""`lmscope` entry point: a click group; each command group is a module of this package
+(`cli/<group>.py` defines its group and commands at module level) and is added here."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 
 import click
 
-# Each module defines register(group). Adding a technique = adding a module name here.
-COMMAND_MODULES = ("core", "lens", "inspect", "neurons", "atlas", "vectors", "fv", "studio")
+from . import atlas, core, fv, inspect, lens, neurons, studio, vectors
+from .config_options import Group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
 @click.version_option(package_name="lmscope")
 @click.pass_context
@@ -29,14 +29,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"lmscope.cli.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"lmscope.cli.{_name}":
-            raise
-        continue
-    _mod.register(cli)
+for _command in (core.tour, core.models, core.info, core.run, core.generate, lens.lens, inspect.inspect,
+                 neurons.neuron, atlas.atlas, vectors.vector, fv.fv, studio.studio):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -15,11 +15,7 @@ from ._common import (
     model_argument,
 )
 
-__all__ = ["is_loopback", "register", "studio"]
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(studio)
+__all__ = ["is_loopback", "studio"]
 
 
 def _check_port(host: str, port: int) -> None:
@@ -52,7 +48,7 @@ def _check_port(host: str, port: int) -> None:
 @json_option
 @device_option
 @dtype_option
-def studio(model: str, port: int, host: str, allow_remote: bool, atlas_path: str | None,
+def studio(model_name: str, port: int, host: str, allow_remote: bool, atlas_path: str | None,
            vector_dirs: tuple[str, ...], as_json: bool, device: str, dtype: str) -> None:
     """Serve the web studio for MODEL at http://127.0.0.1:8765 (next token, generate, lens, neurons)."""
     if not is_loopback(host) and not allow_remote:
@@ -65,16 +61,16 @@ def studio(model: str, port: int, host: str, allow_remote: bool, atlas_path: str
 
     from lmscope.web.app import LOCAL_HOSTS, create_app
 
-    lm = load_model(model, device, dtype)
+    model = load_model(model_name, device, dtype)
     # Loopback: the Host check accepts every loopback address and localhost, so the URL printed
     # below works for any --host that passed the test above. Remote: clients send their own names.
     hosts = None if allow_remote else LOCAL_HOSTS
-    app = create_app(model, model=lm, atlas_path=atlas_path, allowed_hosts=hosts,
+    app = create_app(model_name, model=model, atlas_path=atlas_path, allowed_hosts=hosts,
                      vector_dirs=list(vector_dirs) or None)
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     if as_json:
-        emit_json({"model": lm.name, "url": url, "host": host, "port": port})
+        emit_json({"model": model.name, "url": url, "host": host, "port": port})
     else:
-        click.echo(f"lmscope studio: {lm.name} at {url} (Ctrl+C stops it)")
+        click.echo(f"lmscope studio: {model.name} at {url} (Ctrl+C stops it)")
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")

@@ -31,8 +31,6 @@ from lmscope.datasets import files as textfiles
 from lmscope.datasets import shipped
 from lmscope.engine.errors import InputError
 
-DATA_DIR = shipped.DATA_DIR
-
 Format = Literal["pairs", "completions", "sets"]
 
 #: shipped dataset -> aliases accepted by `load_contrast` and the CLI
@@ -220,7 +218,7 @@ def dataset_path(source: str | Path) -> Path:
     """Path of a shipped dataset (by name or alias) or of a user file."""
     name = resolve_name(str(source)) if not isinstance(source, Path) else None
     if name is not None:
-        return DATA_DIR / f"{name}.jsonl"
+        return shipped.path(f"{name}.jsonl")
     p = Path(source).expanduser()
     if not p.is_file():
         known = ", ".join(f"{n} ({', '.join(a)})" if a else n for n, a in BUILTIN.items())
@@ -284,13 +282,11 @@ def load_contrast(source: str | Path, *, name: str | None = None) -> ContrastSet
 
 def load_texts(source: str | Path = "neutral_prompts", *, n: int | None = None) -> list[str]:
     """Plain texts from a `{"text": ...}` JSONL file (shipped name like "neutral_prompts" or a path)."""
-    p = DATA_DIR / f"{source}.jsonl" if (DATA_DIR / f"{source}.jsonl").is_file() else Path(source).expanduser()
-    if not p.is_file():
+    name = f"{source}.jsonl"
+    if not isinstance(source, Path) and shipped.is_shipped(name):
+        out = shipped.texts(name)
+    elif Path(source).expanduser().is_file():
+        out = shipped.texts_of(source)
+    else:
         raise InputError(f"No text file {str(source)!r}; pass a shipped name (neutral_prompts) or a JSONL path.")
-    out = []
-    for line_no, rec in read_jsonl(p):
-        t = rec.get("text")
-        if not isinstance(t, str) or not t.strip():
-            raise InputError(f"{p}:{line_no}: missing field 'text' (each line needs a non-empty \"text\").")
-        out.append(t)
     return out[:n] if n is not None else out

@@ -62,9 +62,7 @@ def read_texts(source: str | os.PathLike | Sequence[str] | None = None, *, field
         field: The JSON key holding the text.
     """
     if source is None:
-        if not DEFAULT_CORPUS.is_file():
-            raise InputError(f"The shipped corpus {DEFAULT_CORPUS} is missing; pass a corpus file or a list of texts.")
-        source = DEFAULT_CORPUS
+        source = shipped.path(DEFAULT_CORPUS.name)
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser()
         if path.is_dir():

@@ -1,4 +1,4 @@
-"""In-context-learning tasks: word -> word pairs, few-shot / zero-shot prompts, first-token scoring.
+"""In-context-learning tasks: word -> word pairs, few-shot / zero-shot prompts, answer tokens.
 
 A task is a list of `{"input", "output"}` pairs (JSONL). The shipped ones live in
 `lmscope/data/tasks/*.jsonl` (antonym, country_capital, english_french, present_past,
@@ -19,8 +19,9 @@ Hendel et al. 2023 score the same way).
     task = load_task("antonym")
     train, test = task.split(n_test=32, seed=0)
     prompts = few_shot_prompts(train, test.inputs, shots=5, seed=0)
-    ids = answer_ids(lm, test.inputs, test.outputs)
-    acc = score(lm, prompts, ids).accuracy
+    ids = answer_ids(model, test.inputs, test.outputs)
+
+Scoring prompts against those ids is technique code: `lmscope.function_vectors.scoring`.
 """
 
 from __future__ import annotations
@@ -40,10 +41,8 @@ from torch import Tensor
 from lmscope.datasets import files as textfiles
 from lmscope.datasets import shipped
 from lmscope.engine.errors import InputError
-from lmscope.engine.runner import PrefixRun
 
 if TYPE_CHECKING:
-    from lmscope.engine.interventions import Edit
     from lmscope.engine.model import Model
 
 log = logging.getLogger(__name__)
@@ -245,11 +244,11 @@ def zero_shot_prompts(queries: Sequence[str], template: str | Template = "arrow"
     return [tpl.prompt([], q) for q in queries]
 
 
-def _ids(lm: Model, text: str) -> list[int]:
-    return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+def _ids(model: Model, text: str) -> list[int]:
+    return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def answer_ids(lm: Model, queries: Sequence[str], answers: Sequence[str],
+def answer_ids(model: Model, queries: Sequence[str], answers: Sequence[str],
                template: str | Template = "arrow") -> Tensor:
     """First token of each answer as the model would read it after its query: the token that
     follows the query's tokens in `query + answer` (falls back to the answer alone when the
@@ -257,88 +256,26 @@ def answer_ids(lm: Model, queries: Sequence[str], answers: Sequence[str],
     tpl = get_template(template)
     out = []
     for q, a in zip(queries, answers, strict=True):
-        head = _ids(lm, tpl.query.format(x=q))
-        full = _ids(lm, tpl.query.format(x=q) + tpl.answer.format(y=a))
+        head = _ids(model, tpl.query.format(x=q))
+        full = _ids(model, tpl.query.format(x=q) + tpl.answer.format(y=a))
         if full[: len(head)] == head and len(full) > len(head):
             out.append(full[len(head)])
         else:
-            alone = _ids(lm, tpl.answer.format(y=a))
+            alone = _ids(model, tpl.answer.format(y=a))
             if not alone:
                 raise InputError(f"The answer {a!r} encodes to no tokens.")
             out.append(alone[0])
     return torch.tensor(out, dtype=torch.long)
 
 
-def drop_ambiguous(lm: Model, task: Task, template: str | Template = "arrow") -> Task:
+def drop_ambiguous(model: Model, task: Task, template: str | Template = "arrow") -> Task:
     """Drop pairs whose answer's first token is also the first token of the copied input
     (' box' for 'box' -> 'boxes'): first-token scoring cannot tell the task from copying."""
     tpl = get_template(template)
-    ans = answer_ids(lm, task.inputs, task.outputs, tpl)
-    copy = answer_ids(lm, task.inputs, task.inputs, tpl)
+    ans = answer_ids(model, task.inputs, task.outputs, tpl)
+    copy = answer_ids(model, task.inputs, task.inputs, tpl)
     keep = [i for i in range(len(task)) if int(ans[i]) != int(copy[i])]
     if len(keep) < len(task):
         log.info("%s: dropped %d of %d pairs whose first answer token equals the copied input's",
                  task.name, len(task) - len(keep), len(task))
     return task.subset(keep)
-
-
-# ---- scoring -------------------------------------------------------------------------------
-@dataclass
-class Score:
-    """First-token scores of a prompt set: `correct` [n] bool, `prob` [n] probability of the
-    target token, `top` [n] the argmax token ids."""
-
-    correct: Tensor
-    prob: Tensor
-    top: Tensor
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.correct.float().mean()) if len(self.correct) else float("nan")
-
-    def matches(self, ids: Tensor) -> float:
-        """Fraction of prompts whose top token equals `ids` (another answer key)."""
-        return float((self.top == ids.to(self.top.device)).float().mean())
-
-
-def score(lm: Model, prompts: Sequence[str], targets: Tensor, *, edits: Sequence[Edit] = (),
-          batch_size: int = 32) -> Score:
-    """Top-1 first-token accuracy of `prompts` against `targets` [n], with `edits` applied
-    (edits must broadcast over the batch: Add, Set, Apply...). Only the last position is
-    unembedded; batches of `batch_size` keep the [batch, d_vocab] logits small."""
-    if len(prompts) != len(targets):
-        raise InputError(f"{len(prompts)} prompts but {len(targets)} targets.")
-    correct, prob, top = [], [], []
-    for i in range(0, len(prompts), batch_size):
-        res = lm.run(list(prompts[i:i + batch_size]), edits=list(edits), logits="last")
-        logits = res.logits.float()  # [b, d_vocab]
-        t = targets[i:i + batch_size].to(logits.device)
-        am = logits.argmax(-1)
-        top.append(am.cpu())
-        correct.append((am == t).cpu())
-        prob.append(logits.softmax(-1).gather(1, t[:, None])[:, 0].cpu())
-    return Score(torch.cat(correct), torch.cat(prob), torch.cat(top))
-
-
-class LastTokenScorer:
-    """Score many edited variants of the same prompts when every edit touches only the last
-    token (the engine's prefix-cached run, `runner.PrefixRun`): the prefix runs once with the KV
-    cache, each variant runs one token per prompt. Equal to full forwards up to float rounding
-    (tested), several times cheaper for few-shot prompts. Edits use positions="last".
-    """
-
-    def __init__(self, lm: Model, prompts: Sequence[str], targets: Tensor, *, batch_size: int = 32) -> None:
-        if len(prompts) != len(targets):
-            raise InputError(f"{len(prompts)} prompts but {len(targets)} targets.")
-        self.lm = lm
-        self.targets = targets
-        self.prefix = PrefixRun(lm, list(prompts), batch_size=batch_size)
-
-    def score(self, edits: Sequence[Edit] = (), *, rep: int = 1) -> Score:
-        """Score with `edits`; `rep > 1` repeats every prompt `rep` times (rows prompt-major:
-        row = i * rep + j), e.g. one row per head for a per-row `Apply` edit."""
-        logits = self.prefix.logits(edits, rep=rep)  # [rows, d_vocab]
-        t = self.targets.to(logits.device).repeat_interleave(rep, 0)
-        am = logits.argmax(-1)
-        prob = logits.softmax(-1).gather(1, t[:, None])[:, 0]
-        return Score((am == t).cpu(), prob.cpu(), am.cpu())

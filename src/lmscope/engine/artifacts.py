@@ -90,14 +90,18 @@ def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
     return p
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call `write(tmp)` on a temporary path beside `path`, then rename it into place: readers
+    see the old file or the new one, never half of one. OSError becomes InputError naming
+    `path`; the temporary file never stays behind."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
     except OSError as e:
         raise InputError(f"Cannot write {path}: {e.strerror or e}.") from None
     try:
-        write(str(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -105,6 +109,7 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
 
 
 def save_artifact(path: str | os.PathLike, tensors: dict[str, Tensor], *, kind: str, model: Model,
@@ -128,12 +133,12 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, Tensor], *, kind: 
         clean[k] = t
     side = {
         "kind": kind, "model": model.name, "model_source": model.source, "revision": model.revision,
-        "family": model.spec.family, "d_model": model.d_model, "n_layers": model.n_layers,
+        "family": model.family, "d_model": model.d_model, "n_layers": model.n_layers,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lmscope_version": __version__,
         **(meta or {}),
     }
-    _atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"kind": kind}))
-    _atomic_write(Path(str(path) + SIDECAR_SUFFIX),
+    atomic_write(path, lambda tmp: save_file(clean, str(tmp), metadata={"kind": kind}))
+    atomic_write(Path(str(path) + SIDECAR_SUFFIX),
                   lambda tmp: Path(tmp).write_text(json.dumps(side, indent=1, default=str)))
     return path
 

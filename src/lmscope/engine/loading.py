@@ -150,6 +150,22 @@ def _hf_bars_into(bar):
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _quiet_transformers():
+    """transformers' progress bars off and its logging at ERROR, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF file once into a safetensors directory (atomic rename at the end).
 
@@ -260,6 +276,7 @@ def load(
     revision: str | None = None,
     device_map: str | dict | None = None,
     arch: ArchSpec | None = None,
+    quiet: bool = False,
 ) -> Model:
     """Load a causal LM and wrap it.
 
@@ -272,7 +289,17 @@ def load(
         device_map: Passed to `from_pretrained` (e.g. "auto" to spread a large model over
             GPUs with accelerate); overrides `device`.
         arch: An ArchSpec for a family that is not in the table.
+        quiet: Keep stdout/stderr clean while loading (the CLI and the studio): transformers'
+            progress bars and warnings are silenced for the load (errors still show), and on
+            the CPU torch's thread count is fixed first unless `LMSCOPE_THREADS` is set. A
+            GGUF conversion on first use still shows its one progress bar (`TQDM_DISABLE=1`
+            hides it).
     """
+    if quiet:
+        if device == "cpu" and not os.environ.get("LMSCOPE_THREADS"):
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+        with _quiet_transformers():
+            return load(spec, dtype=dtype, device=device, revision=revision, device_map=device_map, arch=arch)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:

@@ -63,8 +63,29 @@ class Model:
                 tokenizer.pad_token = tokenizer.eos_token
 
     def __repr__(self) -> str:
-        return (f"Model({self.name!r}, family={self.spec.family}, layers={self.n_layers}, d_model={self.d_model}, "
+        return (f"Model({self.name!r}, family={self.family}, layers={self.n_layers}, d_model={self.d_model}, "
                 f"heads={self.n_heads}x{self.d_head}, d_mlp={self.d_mlp}, vocab={self.d_vocab})")
+
+    # ---- what families may ask about the architecture (they never read `spec` or `hf`) ----
+    @property
+    def family(self) -> str:
+        """Family name of the architecture table entry ("llama", "gemma3", "gpt2", ...)."""
+        return self.spec.family
+
+    @property
+    def is_gated(self) -> bool:
+        """The MLP has a gate (`act(gate) * up`), separate or fused with the up projection."""
+        return self.spec.gate is not None or self.spec.fused_gate_up
+
+    @property
+    def has_attn_post_norm(self) -> bool:
+        """Attention's write goes through a post-norm (Gemma 2/3, OLMo 2) before the residual."""
+        return self.spec.attn_post_norm is not None
+
+    @property
+    def norm_kind(self) -> str:
+        """How the norms compute: "rms", "rms_one_plus" (Gemma: x/rms*(1+w)) or "layer"."""
+        return self.spec.norm_kind
 
     @property
     def device(self) -> torch.device:
@@ -80,7 +101,7 @@ class Model:
     def info(self) -> dict:
         """Family, dimensions and site names (what `lmscope info --json` prints)."""
         return {
-            "name": self.name, "source": self.source, "family": self.spec.family,
+            "name": self.name, "source": self.source, "family": self.family,
             "model_type": self.hf.config.model_type, "n_layers": self.n_layers, "d_model": self.d_model,
             "n_heads": self.n_heads, "n_kv_heads": getattr(self.hf.config, "num_key_value_heads", self.n_heads),
             "d_head": self.d_head, "d_mlp": self.d_mlp, "d_vocab": self.d_vocab, "n_ctx": self.n_ctx,
@@ -88,7 +109,7 @@ class Model:
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
             "sites": ["embed"] + [f"layers.{{0..{self.n_layers - 1}}}.{k}" for k in S.BLOCK_KINDS
                                   if not (k == "resid_mid" and self.spec.resid_mid is None)
-                                  and not (k == "mlp.gate" and self.spec.gate is None and not self.spec.fused_gate_up)]
+                                  and not (k == "mlp.gate" and not self.is_gated)]
             + ["final_norm", "logits"],
         }
 

@@ -2,28 +2,68 @@
 
 `unembed` is what the model itself does after its last block, applied to any residual
 vector: the logit lens, Patchscope comparisons, neuron decoding and vector decoding all use it.
+
+The final norm as a frozen linear map (for direct logit attribution and weight decoding):
+
+    final_norm(x) == final_norm_centre(x) * final_norm_scale(x) (+ final_norm_bias)
+    final_norm_scale(x) == final_norm_gain / rms(centred x)     # per position
+
+Holding the scale fixed at one residual makes the norm linear in the parts of that residual
+(see `lmscope.engine.norms`); dropping the 1/rms factor (centre, times the gain) maps a bare
+direction, such as a neuron's weight row, into what the LM head reads.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from lmscope.engine import norms
 from lmscope.engine.arch import get_module
 from lmscope.engine.model import Model
 
 
+def _final_norm_module(model: Model) -> nn.Module:
+    return get_module(model.hf, model.spec.final_norm)
+
+
 def final_norm(model: Model, resid: Tensor) -> Tensor:
     """Apply the model's own final norm module to `resid` [..., d_model]."""
-    norm = get_module(model.hf, model.spec.final_norm)
-    return norm(resid.to(model.device, model.dtype))
+    return _final_norm_module(model)(resid.to(model.device, model.dtype))
+
+
+def final_norm_gain(model: Model) -> Tensor:
+    """The final norm's effective per-channel gain [d_model], float32 (Gemma: 1 + w)."""
+    return norms.gain(_final_norm_module(model), model.norm_kind)
+
+
+def final_norm_bias(model: Model) -> Tensor | None:
+    """The final norm's additive bias [d_model] (LayerNorm), None for RMS norms."""
+    return norms.bias(_final_norm_module(model), model.norm_kind)
+
+
+def final_norm_centre(model: Model, x: Tensor) -> Tensor:
+    """`x` [..., d_model] centred as the final norm centres it (LayerNorm); unchanged for RMS norms."""
+    return norms.centre(x, model.norm_kind)
+
+
+def final_norm_scale(model: Model, resid: Tensor) -> Tensor:
+    """Per-position multiplier [..., d_model] (gain / rms, in `resid`'s dtype) of the final norm,
+    frozen at `resid` [..., d_model]: final_norm(resid) == centre(resid) * scale (+ bias)."""
+    return norms.frozen_scale(_final_norm_module(model), resid, model.norm_kind)
+
+
+def logit_softcap(model: Model) -> float | None:
+    """The final logit softcap c (logits <- c * tanh(logits / c); Gemma 2), or None."""
+    cap = getattr(model.hf.config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
 
 
 def logits_from_normed(model: Model, normed: Tensor) -> Tensor:
     """LM head (and final logit softcapping where the family has it) on normed states."""
     head = get_module(model.hf, model.spec.unembed)
     logits = head(normed)
-    cap = getattr(model.hf.config, "final_logit_softcapping", None)
+    cap = logit_softcap(model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits

@@ -6,17 +6,22 @@ All matrices are returned as views/copies oriented `[in, out]`-free, by meaning:
     W_in(L, kind)  [d_mlp, d_model]      each neuron's input row (kind: "gate" or "up")
     W_out(L)       [d_mlp, d_model]      each neuron's output direction (down-projection column)
     W_O(L)         [head, d_head, d_model]  each head's slice of the attention output projection
+
+`perturbed_mlp` makes a noisy copy of a model (a control for weight-based analyses); the
+model it copies is never edited.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from lmscope.engine import norms
 from lmscope.engine.arch import get_module
-from lmscope.engine.errors import SiteError
+from lmscope.engine.errors import InputError, SiteError
 
 if TYPE_CHECKING:
     from lmscope.engine.model import Model
@@ -73,3 +78,29 @@ class Weights:
 
     def b_O(self, layer: int) -> Tensor | None:  # noqa: N802
         return getattr(get_module(self._m.block(layer), self._m.spec.o_proj), "bias", None)
+
+
+def perturbed_mlp(model: Model, *, noise: float, seed: int = 0) -> Model:
+    """A copy of `model` whose MLP weights (gate, up, down of every layer) get seeded Gaussian
+    noise of `noise` x each matrix's standard deviation. `model` itself is not touched.
+
+    The copy is named `{name}+mlpnoise{noise}s{seed}`, so that artifacts made with it (an
+    atlas, a vector) are never mistaken for the original's.
+    """
+    from lmscope.engine.model import Model  # model.py imports this module
+
+    if noise < 0:
+        raise InputError(f"noise must be >= 0, got {noise}.")
+    hf = copy.deepcopy(model.hf)
+    spec = model.spec
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in get_module(hf, spec.layers):
+            for path in (spec.gate, spec.up, spec.down):
+                if path is None:
+                    continue
+                w = get_module(block, path).weight
+                eps = torch.randn(w.shape, generator=gen) * (noise * float(w.float().std()))
+                w.add_(eps.to(w.device, w.dtype))
+    return Model(hf, model.tokenizer, name=f"{model.name}+mlpnoise{noise:g}s{seed}", source=model.source,
+                 revision=model.revision, arch=spec)

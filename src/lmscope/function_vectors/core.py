@@ -19,10 +19,10 @@ the first answer token, per layer, next to zero-shot and few-shot accuracy and n
 seeded random vector of equal norm. `compose` measures vector algebra (antonym + capitalize
 - copy on "hot" -> "Cold").
 
-    lm = ls.load("gemma-3-270m")
-    v = make(lm, "antonym")                    # Vector, keys layers.0..17
-    sw = evaluate(lm, v, "antonym")            # LayerSweep: accuracy per layer + controls
-    lm.run("fast ->", edits=[v.edit(6, positions="last")]).top_k(lm, 3)
+    model = ls.load("gemma-3-270m")
+    v = make(model, "antonym")                 # Vector, keys layers.0..17
+    sw = evaluate(model, v, "antonym")         # LayerSweep: accuracy per layer + controls
+    model.run("fast ->", edits=[v.edit(6, positions="last")]).top_k(model, 3)
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from lmscope.datasets import icl as T
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Add, Apply, Edit, Set
 from lmscope.engine.model import Model
+from lmscope.engine.results import Result, Table
+from lmscope.function_vectors import scoring
 from lmscope.vectors.vector import Vector
 
 log = logging.getLogger(__name__)
@@ -110,13 +112,13 @@ class TaskData:
         return T.few_shot_prompts(self.train, self.test.inputs, shots=shots, seed=seed + 1, template=self.template)
 
 
-def prepare(lm: Model, task: str | T.Task, cfg: FVConfig, exclude: Sequence[str] = ()) -> TaskData:
+def prepare(model: Model, task: str | T.Task, cfg: FVConfig, exclude: Sequence[str] = ()) -> TaskData:
     """Load, filter (`drop_ambiguous`) and split a task; `exclude` inputs never enter the
     demonstration pool (held-out queries of another task)."""
     t = T.load_task(task) if isinstance(task, str) else task
     n_all = len(t)
     if cfg.drop_ambiguous:
-        t = T.drop_ambiguous(lm, t, cfg.template)
+        t = T.drop_ambiguous(model, t, cfg.template)
     if len(t) < cfg.n_test + cfg.shots + 1:
         why = (f" ({n_all - len(t)} of {n_all} dropped: their first answer token equals the copied input's; "
                "drop_ambiguous=False keeps them)") if len(t) < n_all else ""
@@ -124,7 +126,7 @@ def prepare(lm: Model, task: str | T.Task, cfg: FVConfig, exclude: Sequence[str]
                          f"shots={cfg.shots} need at least {cfg.n_test + cfg.shots + 1}. Lower n_test.")
     train, test = t.split(cfg.n_test, cfg.seed)
     train = train.without_inputs(exclude)
-    ids = T.answer_ids(lm, test.inputs, test.outputs, cfg.template)
+    ids = T.answer_ids(model, test.inputs, test.outputs, cfg.template)
     return TaskData(t, train, test, ids, cfg.template)
 
 
@@ -146,7 +148,7 @@ def _extraction_prompts(data: TaskData, cfg: FVConfig, *, shuffle_labels: bool =
 
 
 # ---- extraction ------------------------------------------------------------------------------
-def last_token_means(lm: Model, prompts: Sequence[str], *, batch_size: int = 32,
+def last_token_means(model: Model, prompts: Sequence[str], *, batch_size: int = 32,
                      progress: bool = False) -> tuple[Tensor, Tensor]:
     """Mean `resid_post` at the last token over `prompts`, every layer in one pass per batch.
 
@@ -156,26 +158,26 @@ def last_token_means(lm: Model, prompts: Sequence[str], *, batch_size: int = 32,
     """
     from tqdm.auto import tqdm
 
-    total = torch.zeros(lm.n_layers, lm.d_model, dtype=torch.float64)
-    norm = torch.zeros(lm.n_layers, dtype=torch.float64)
-    names = [f"layers.{i}.resid_post" for i in range(lm.n_layers)]
+    total = torch.zeros(model.n_layers, model.d_model, dtype=torch.float64)
+    norm = torch.zeros(model.n_layers, dtype=torch.float64)
+    names = [f"layers.{i}.resid_post" for i in range(model.n_layers)]
     for s in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="states", leave=False):
-        res = lm.run(list(prompts[s:s + batch_size]), capture=["layers.*.resid_post"], positions="last", logits=None)
+        res = model.run(list(prompts[s:s + batch_size]), capture=["layers.*.resid_post"], positions="last", logits=None)
         x = torch.stack([res.cache[n] for n in names], 1).double().cpu()  # [b, layer, d_model]
         total += x.sum(0)
         norm += x.norm(dim=-1).sum(0)
     return (total / len(prompts)).float(), (norm / len(prompts)).float()
 
 
-def head_means(lm: Model, prompts: Sequence[str], *, batch_size: int = 32) -> tuple[Tensor, Tensor]:
+def head_means(model: Model, prompts: Sequence[str], *, batch_size: int = 32) -> tuple[Tensor, Tensor]:
     """Mean per-head `attn.z` and `attn.head_out` at the last token over `prompts`:
     ([layer, head, d_head], [layer, head, d_model]) float32 on the CPU."""
-    z = torch.zeros(lm.n_layers, lm.n_heads, lm.d_head, dtype=torch.float64)
-    out = torch.zeros(lm.n_layers, lm.n_heads, lm.d_model, dtype=torch.float64)
+    z = torch.zeros(model.n_layers, model.n_heads, model.d_head, dtype=torch.float64)
+    out = torch.zeros(model.n_layers, model.n_heads, model.d_model, dtype=torch.float64)
     for s in range(0, len(prompts), batch_size):
-        res = lm.run(list(prompts[s:s + batch_size]), capture=["layers.*.attn.z", "layers.*.attn.head_out"],
+        res = model.run(list(prompts[s:s + batch_size]), capture=["layers.*.attn.z", "layers.*.attn.head_out"],
                      positions="last", logits=None)
-        for lay in range(lm.n_layers):
+        for lay in range(model.n_layers):
             z[lay] += res.cache[f"layers.{lay}.attn.z"].double().sum(0).cpu()  # [head, d_head]
             out[lay] += res.cache[f"layers.{lay}.attn.head_out"].double().sum(0).cpu()  # [head, d_model]
     return (z / len(prompts)).float(), (out / len(prompts)).float()
@@ -193,7 +195,7 @@ def _per_row_heads(mean_z: Tensor, n_heads: int) -> Apply:
     return fn
 
 
-def indirect_effects(lm: Model, prompts: Sequence[str], targets: Tensor, mean_z: Tensor, *,
+def indirect_effects(model: Model, prompts: Sequence[str], targets: Tensor, mean_z: Tensor, *,
                      layers: Sequence[int] | None = None, progress: bool = False) -> Tensor:
     """Todd et al.'s average indirect effect of every head: mean over `prompts` (shuffled-label
     few-shot prompts) of P(target | head's last-token z := its clean mean) - P(target).
@@ -212,11 +214,12 @@ def indirect_effects(lm: Model, prompts: Sequence[str], targets: Tensor, mean_z:
     """
     from tqdm.auto import tqdm
 
-    layers = list(range(lm.n_layers)) if layers is None else [lm.site(f"layers.{i}.resid_post").layer for i in layers]
-    h, n = lm.n_heads, len(prompts)
-    scorer = T.LastTokenScorer(lm, prompts, targets, batch_size=max(1, 256 // h))
+    layers = (list(range(model.n_layers)) if layers is None
+              else [model.site(f"layers.{i}.resid_post").layer for i in layers])
+    h, n = model.n_heads, len(prompts)
+    scorer = scoring.LastTokenScorer(model, prompts, targets, batch_size=max(1, 256 // h))
     base = scorer.score().prob  # [n]
-    aie = torch.full((lm.n_layers, h), float("nan"))
+    aie = torch.full((model.n_layers, h), float("nan"))
     for lay in tqdm(layers, disable=not progress, desc="heads (AIE)", leave=False):
         ed = Apply(site=f"layers.{lay}.attn.z", fn=_per_row_heads(mean_z[lay], h), positions="last", name="mean-head")
         p = scorer.score([ed], rep=h).prob.reshape(n, h)
@@ -232,7 +235,7 @@ def top_heads(aie: Tensor, k: int) -> list[tuple[int, int, float]]:
     return [(int(i) // aie.shape[1], int(i) % aie.shape[1], float(v)) for v, i in zip(vals, idx, strict=True)]
 
 
-def make(lm: Model, task: str | T.Task | TaskData, config: FVConfig | None = None, *, progress: bool = False,
+def make(model: Model, task: str | T.Task | TaskData, config: FVConfig | None = None, *, progress: bool = False,
          **overrides) -> Vector:
     """A task vector for every layer (`Vector`, site resid_post, method "function-vector").
 
@@ -240,7 +243,7 @@ def make(lm: Model, task: str | T.Task | TaskData, config: FVConfig | None = Non
     n_test, held-out inputs) and, for `heads`, the chosen heads and the full AIE table.
     """
     cfg = replace(config or FVConfig(), **overrides)
-    data = task if isinstance(task, TaskData) else prepare(lm, task, cfg)
+    data = task if isinstance(task, TaskData) else prepare(model, task, cfg)
     few, zero, _, _ = _extraction_prompts(data, cfg)
     meta = {"task": data.task.name, "fv_method": cfg.method, "mode": "replace" if cfg.method == "replace" else "add",
             "shots": cfg.shots, "n_prompts": cfg.n_prompts, "n_test": cfg.n_test, "seed": cfg.seed,
@@ -248,28 +251,28 @@ def make(lm: Model, task: str | T.Task | TaskData, config: FVConfig | None = Non
             "position": "last", "dataset_sha256": data.task.sha256(), "n_pairs": len(data.task),
             "n_train_pairs": len(data.train)}
     if cfg.method in ("mean-diff", "replace"):
-        fs, norms = last_token_means(lm, few, batch_size=cfg.batch_size, progress=progress)  # [layer, d_model]
+        fs, norms = last_token_means(model, few, batch_size=cfg.batch_size, progress=progress)  # [layer, d_model]
         if cfg.method == "replace":
             layers = fs
         else:
-            layers = fs - last_token_means(lm, zero, batch_size=cfg.batch_size, progress=progress)[0]
-        meta["resid_norms"] = {i: float(norms[i]) for i in range(lm.n_layers)}  # typical few-shot state norm
-        return Vector(dict(enumerate(layers)), model=lm, method="function-vector", meta=meta)
+            layers = fs - last_token_means(model, zero, batch_size=cfg.batch_size, progress=progress)[0]
+        meta["resid_norms"] = {i: float(norms[i]) for i in range(model.n_layers)}  # typical few-shot state norm
+        return Vector(dict(enumerate(layers)), model=model, method="function-vector", meta=meta)
     # heads (Todd et al.): clean means, AIE on shuffled-label prompts, top heads' summed output
-    mean_z, mean_out = head_means(lm, few, batch_size=cfg.batch_size)
+    mean_z, mean_out = head_means(model, few, batch_size=cfg.batch_size)
     bad, _, bad_q, bad_ans = _extraction_prompts(data, cfg, shuffle_labels=True, n=cfg.n_aie_prompts, salt=1)
-    targets = T.answer_ids(lm, bad_q, bad_ans, cfg.template)
-    aie = indirect_effects(lm, bad, targets, mean_z, layers=cfg.aie_layers, progress=progress)
+    targets = T.answer_ids(model, bad_q, bad_ans, cfg.template)
+    aie = indirect_effects(model, bad, targets, mean_z, layers=cfg.aie_layers, progress=progress)
     heads = top_heads(aie, cfg.top_heads)
     if cfg.heads_contrast:
-        mean_out = mean_out - head_means(lm, zero, batch_size=cfg.batch_size)[1]
+        mean_out = mean_out - head_means(model, zero, batch_size=cfg.batch_size)[1]
     fv = sum(mean_out[lay, hd] for lay, hd, _ in heads)  # [d_model]
     meta.update(heads=[[lay, hd, a] for lay, hd, a in heads],
                 aie=[[None if math.isnan(x) else x for x in row] for row in aie.tolist()],  # NaN: not scanned
                 aie_layers=list(cfg.aie_layers) if cfg.aie_layers else None, n_aie_prompts=cfg.n_aie_prompts,
                 top_heads=cfg.top_heads, heads_contrast=cfg.heads_contrast)
     # one copy per layer: safetensors refuses tensors that share memory
-    return Vector({i: fv.clone() for i in range(lm.n_layers)}, model=lm, method="function-vector", meta=meta)
+    return Vector({i: fv.clone() for i in range(model.n_layers)}, model=model, method="function-vector", meta=meta)
 
 
 # ---- evaluation ------------------------------------------------------------------------------
@@ -294,7 +297,7 @@ def vector_edit(vec: Vector | Tensor, layer: int, *, scale: float = 1.0, positio
 
 
 @dataclass
-class LayerSweep:
+class LayerSweep(Result):
     """Held-out first-token accuracy with the vector at each layer, with its baselines.
 
     `accuracy[i]` / `random[i]` / `prob[i]` belong to `layers[i]`; `prob` is the mean
@@ -338,8 +341,19 @@ class LayerSweep:
     def to_dict(self) -> dict:
         return {**asdict(self), "summary": self.summary()}
 
+    def table(self) -> Table:
+        """Per layer: accuracy with the vector, with the random control, and P(target)."""
+        s = self.summary()
+        return Table(["layer", "FV acc", "random", "P(target)"],
+                     [list(r) for r in zip(self.layers, self.accuracy, self.random, self.prob, strict=True)],
+                     title=f"{self.model}: {self.task} per layer ({self.method}, {self.positions}), n_test={self.n_test}",
+                     formats={"FV acc": ".2f", "random": ".2f", "P(target)": ".3f"},
+                     notes=[(f"zero-shot {s['zero_shot']:.2f}, {self.shots}-shot {s['few_shot']:.2f}; best layer "
+                             f"{s['best_layer']} ({s['best']:.2f}, random there {s['random_at_best']:.2f}); last "
+                             f"layer {s['last_layer']} ({s['last_layer_accuracy']:.2f})")])
 
-def evaluate(lm: Model, vector: Vector, task: str | T.Task | TaskData | None = None, *,
+
+def evaluate(model: Model, vector: Vector, task: str | T.Task | TaskData | None = None, *,
              layers: Sequence[int] | None = None, scale: float = 1.0, positions="last", mode: str | None = None,
              shots: int | None = None, baselines: bool = True, control: bool = True, batch_size: int = 32,
              progress: bool = False) -> LayerSweep:
@@ -357,7 +371,7 @@ def evaluate(lm: Model, vector: Vector, task: str | T.Task | TaskData | None = N
     """
     from tqdm.auto import tqdm
 
-    vector.check_model(lm)
+    vector.check_model(model)
     m = vector.meta
     mode = mode or m.get("mode", "add")
     shots = shots or int(m.get("shots", 5))
@@ -370,24 +384,24 @@ def evaluate(lm: Model, vector: Vector, task: str | T.Task | TaskData | None = N
             raise InputError("This vector does not say which task it is for; pass task=.")
         cfg = FVConfig(shots=shots, n_test=int(m.get("n_test", 32)), seed=seed, template=m.get("template", "arrow"),
                        drop_ambiguous=bool(m.get("drop_ambiguous", True)))
-        data = prepare(lm, name, cfg)
-    layers = vector.layers if layers is None else [lm.site(f"layers.{i}.resid_post").layer for i in layers]
+        data = prepare(model, name, cfg)
+    layers = vector.layers if layers is None else [model.site(f"layers.{i}.resid_post").layer for i in layers]
     zp, ids = data.zero_shot(), data.test_ids
-    scorer = T.LastTokenScorer(lm, zp, ids, batch_size=batch_size) if positions == "last" else None
+    scorer = scoring.LastTokenScorer(model, zp, ids, batch_size=batch_size) if positions == "last" else None
 
-    def run(v: Vector | Tensor | None, lay: int = 0) -> T.Score:
+    def run(v: Vector | Tensor | None, lay: int = 0) -> scoring.Score:
         if scorer is not None:  # only the last token changes: the prefix ran once (KV cache)
             eds = [] if v is None else [vector_edit(v, lay, scale=scale, positions="last", mode=mode)]
             return scorer.score(eds)
         eds = [] if v is None else [vector_edit(v, lay, scale=scale, positions=positions, mode=mode)]
-        return T.score(lm, zp, ids, edits=eds, batch_size=batch_size)
+        return scoring.score(model, zp, ids, edits=eds, batch_size=batch_size)
 
     nan = float("nan")
     zs = fs = (nan, nan)
     if baselines:
         s = run(None)
         zs = (s.accuracy, float(s.prob.mean()))
-        s = T.score(lm, data.few_shot(shots, seed), ids, batch_size=batch_size)
+        s = scoring.score(model, data.few_shot(shots, seed), ids, batch_size=batch_size)
         fs = (s.accuracy, float(s.prob.mean()))
     acc, rnd, prob, preds = [], [], [], []
     for lay in tqdm(layers, disable=not progress, desc="layers", leave=False):
@@ -399,13 +413,13 @@ def evaluate(lm: Model, vector: Vector, task: str | T.Task | TaskData | None = N
     pos = positions if isinstance(positions, str) else str(positions)
     return LayerSweep(task=data.task.name, method=m.get("fv_method", vector.method), mode=mode, scale=scale,
                       positions=pos, n_test=len(ids), shots=shots, zero_shot=zs[0], few_shot=fs[0], layers=layers,
-                      accuracy=acc, random=rnd, prob=prob, zero_shot_prob=zs[1], few_shot_prob=fs[1], model=lm.name,
+                      accuracy=acc, random=rnd, prob=prob, zero_shot_prob=zs[1], few_shot_prob=fs[1], model=model.name,
                       predictions=preds)
 
 
 # ---- composition -----------------------------------------------------------------------------
 @dataclass
-class Composition:
+class Composition(Result):
     """Accuracy on a composed task (e.g. antonym then capitalize: "hot" -> "Cold") per layer of
     the composed vector `sum(plus) - sum(minus)`, next to each `plus` vector alone, the vector
     extracted directly from few-shot prompts of the composed task, and a random vector of the
@@ -443,15 +457,39 @@ class Composition:
     def to_dict(self) -> dict:
         return {**asdict(self), "summary": self.summary()}
 
+    def table(self) -> Table:
+        """Accuracy at the composed vector's best layer: baselines, the composed vector, each
+        single vector, the directly extracted one and the random control (`lmscope fv compose`)."""
+        s = self.summary()
+        rows = [["zero-shot", self.zero_shot], ["few-shot ICL", self.few_shot], [self.expression, s["composed"]]]
+        rows += [[f"{k} alone", a] for k, a in s["singles"].items()]
+        rows.append([f"extracted from {self.target} ICL", s["direct"]])
+        if self.plus_only:
+            rows.append([f"{self.expression.split(' - ')[0]} (no subtraction)", s["plus_only"]])
+        rows.append(["random (equal norm)", s["random"]])
+        return Table(["vector", "accuracy at best layer"], rows,
+                     title=f"{self.model}: {self.expression} on {self.target} (n={self.n_test}, best layer "
+                           f"{s['best_layer']})", formats={"accuracy at best layer": ".2f"})
 
-def _pool(lm: Model, task: str | T.Task, template: str, exclude: Sequence[str]) -> TaskData:
+    def tables(self) -> list[Table]:
+        curves = {self.expression: self.composed, **{f"{k} alone": v for k, v in self.singles.items()},
+                  "direct": self.direct, "random": self.random}
+        if self.plus_only:
+            curves["no subtraction"] = self.plus_only
+        per_layer = Table(["layer", *curves], [[lay, *(c[i] for c in curves.values())]
+                                               for i, lay in enumerate(self.layers)],
+                          title="accuracy per layer", formats=dict.fromkeys(curves, ".2f"))
+        return [self.table(), per_layer]
+
+
+def _pool(model: Model, task: str | T.Task, template: str, exclude: Sequence[str]) -> TaskData:
     """A task used only as a demonstration pool (no held-out split), minus `exclude` inputs."""
     t = T.load_task(task) if isinstance(task, str) else task
     empty = t.subset([])
     return TaskData(t, t.without_inputs(exclude), empty, torch.zeros(0, dtype=torch.long), template)
 
 
-def compose(lm: Model, plus: Sequence[str | T.Task], minus: Sequence[str | T.Task] = (), *,
+def compose(model: Model, plus: Sequence[str | T.Task], minus: Sequence[str | T.Task] = (), *,
             target: str | T.Task | None = None, config: FVConfig | None = None, layers: Sequence[int] | None = None,
             scale: float = 1.0, positions="last", progress: bool = False) -> Composition:
     """Measure vector algebra: `sum(FV(plus)) - sum(FV(minus))` added to zero-shot prompts of
@@ -473,34 +511,34 @@ def compose(lm: Model, plus: Sequence[str | T.Task], minus: Sequence[str | T.Tas
             tgt = tgt.then(p)
     else:
         tgt = T.load_task(target) if isinstance(target, str) else target
-    data = prepare(lm, tgt, cfg)
+    data = prepare(model, tgt, cfg)
     held = data.test.inputs
-    vecs = {t.name: make(lm, _pool(lm, t, cfg.template, held), cfg, progress=progress) for t in plus_t + minus_t}
+    vecs = {t.name: make(model, _pool(model, t, cfg.template, held), cfg, progress=progress) for t in plus_t + minus_t}
     plus_sum = sum(vecs[t.name] for t in plus_t)
     composed = plus_sum - sum(vecs[t.name] for t in minus_t) if minus_t else plus_sum
     expr = " + ".join(t.name for t in plus_t) + "".join(f" - {t.name}" for t in minus_t)
-    composed = Vector({k: composed[k] for k in composed.layers}, model=lm, method="function-vector",
+    composed = Vector({k: composed[k] for k in composed.layers}, model=model, method="function-vector",
                       meta={"task": tgt.name, "expression": expr, "mode": "add", "seed": cfg.seed,
                             "n_test": cfg.n_test, "shots": cfg.shots, "template": cfg.template})
-    direct = make(lm, data, cfg, progress=progress)
+    direct = make(model, data, cfg, progress=progress)
     kw = {"layers": layers, "scale": scale, "positions": positions, "batch_size": cfg.batch_size}
-    main = evaluate(lm, composed, data, progress=progress, **kw)
-    singles = {t.name: evaluate(lm, vecs[t.name], data, baselines=False, control=False, **kw).accuracy
+    main = evaluate(model, composed, data, progress=progress, **kw)
+    singles = {t.name: evaluate(model, vecs[t.name], data, baselines=False, control=False, **kw).accuracy
                for t in plus_t}
-    dir_acc = evaluate(lm, direct, data, baselines=False, control=False, **kw).accuracy
+    dir_acc = evaluate(model, direct, data, baselines=False, control=False, **kw).accuracy
     plus_only = []
     if minus_t:  # the same sum without the subtraction
-        plus_v = Vector({k: plus_sum[k] for k in plus_sum.layers}, model=lm, method="function-vector",
+        plus_v = Vector({k: plus_sum[k] for k in plus_sum.layers}, model=model, method="function-vector",
                         meta={**composed.meta, "expression": " + ".join(t.name for t in plus_t)})
-        plus_only = evaluate(lm, plus_v, data, baselines=False, control=False, **kw).accuracy
+        plus_only = evaluate(model, plus_v, data, baselines=False, control=False, **kw).accuracy
     # which single task's answer does the composed vector produce instead?
     keys = {}
     for t in plus_t:
         alt = [t.apply(x) for x in held]
         if all(a is not None for a in alt):
-            ids = T.answer_ids(lm, held, alt, cfg.template)
+            ids = T.answer_ids(model, held, alt, cfg.template)
             keys[t.name] = [float((torch.tensor(p) == ids).float().mean()) for p in main.predictions]
     return Composition(target=tgt.name, expression=expr, n_test=len(held), zero_shot=main.zero_shot,
                        few_shot=main.few_shot, layers=main.layers, composed=main.accuracy, singles=singles,
                        direct=dir_acc, random=main.random, keys=keys, plus_only=plus_only, scale=scale,
-                       model=lm.name)
+                       model=model.name)

@@ -32,6 +32,7 @@ from torch import Tensor
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Patch
 from lmscope.engine.model import Model
+from lmscope.engine.results import Result, Table
 from lmscope.inspect.patchscopes import last_token_logits, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def backpatch_logits(model: Model, prompts: Sequence[str], *, source_layer: int,
 
 
 @dataclass(frozen=True, kw_only=True)
-class BackpatchResult:
+class BackpatchResult(Result):
     """Back-patching over the (l_s, l_t) grid on the selected failures.
 
     Attributes:
@@ -161,7 +162,7 @@ class BackpatchResult:
         """`grid_mean` of each control."""
         return {k: float(v.nanmean()) if self.counts["cases"] else 0.0 for k, v in self.control_grids.items()}
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         nan = lambda g: [[None if v != v else round(v, 4) for v in row] for row in g.tolist()]  # noqa: E731
         return {"model": self.model, "criterion": self.criterion, "k": self.k, "require_hops": self.require_hops,
                 "gen_tokens": self.gen_tokens,
@@ -170,6 +171,26 @@ class BackpatchResult:
                 "best_pair": self.best_pair, "best_pair_keeps": self.best_pair_keeps,
                 "grid": nan(self.grid), "control_grids": {k: nan(v) for k, v in self.control_grids.items()},
                 "cases": self.cases}
+
+    def table(self) -> Table:
+        """The oracle and the share of (case, pair) cells fixed, back-patching next to each control."""
+        n = self.counts
+        notes = [(f"{n['total']} two-hop queries, {n['two_hop_correct']} correct; hop 1 {n['hop1_correct']}, hop 2 "
+                  f"{n['hop2_correct']}, both {n['both_hops_correct']}; wrong with both hops right "
+                  f"{n['wrong_with_both_hops']}; back-patched cases: {n['cases']}")]
+        if self.best_pair:
+            ls_, lt_, share = self.best_pair
+            keeps = f"; keeps {self.best_pair_keeps:.2f} of correct queries correct" \
+                if self.best_pair_keeps is not None else ""
+            notes.append(f"best single pair l_s={ls_} -> l_t={lt_}: fixes {share:.2f}{keeps}")
+        ctrl = list(self.control_grids)
+        return Table(["measure", "back-patch", *(f"control: {k}" for k in ctrl)],
+                     [["fixed by some l_s > l_t (oracle)", self.oracle, *(self.control_oracles[k] for k in ctrl)],
+                      ["share of (case, pair) cells fixed", self.grid_mean,
+                       *(self.control_grid_means[k] for k in ctrl)]],
+                     title=f"{self.model}: back-patching, criterion {self.criterion}"
+                           + (f" (k={self.k})" if self.criterion == "topk" else ""),
+                     formats={c: ".4f" for c in ("back-patch", *(f"control: {k}" for k in ctrl))}, notes=notes)
 
 
 def evaluate_two_hop(model: Model, rows: Sequence[dict], cfg: BackpatchConfig) -> dict:

@@ -36,10 +36,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmscope.engine import norms
-from lmscope.engine.arch import get_module
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
+from lmscope.engine.readout import (
+    final_norm,
+    final_norm_bias,
+    final_norm_centre,
+    final_norm_scale,
+    logit_softcap,
+    logits_from_normed,
+    unembed,
+)
+from lmscope.engine.results import Result, Table
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,7 @@ APPROXIMATION = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class Decomposition:
+class Decomposition(Result):
     """The parts of the residual at one position of each prompt.
 
     Attributes:
@@ -115,6 +123,25 @@ class Decomposition:
                 mlp[:, lay] += self.parts[:, i]
         return attn, mlp
 
+    def to_dict(self) -> dict:
+        """The parts' labels and norms (not the [batch, part, d_model] vectors) and the errors."""
+        return {"model": self.model, "prompts": self.prompts, "layer": self.layer, "position": self.position,
+                "labels": self.labels, "kinds": self.kinds, "layers": self.layers, "heads": self.heads,
+                "part_norms": self.parts.norm(dim=-1).tolist(), "resid_norms": self.resid.norm(dim=-1).tolist(),
+                "max_abs_error": self.max_abs_error, "rel_error": self.rel_error,
+                "attn_out_error": self.attn_out_error}
+
+    def table(self, row: int = 0) -> Table:
+        """Every part of one prompt's residual with its norm (layer / head -1: not a block / head)."""
+        norms = self.parts[row].norm(dim=-1).tolist()
+        return Table(["part", "kind", "layer", "head", "norm"],
+                     [list(r) for r in zip(self.labels, self.kinds, self.layers, self.heads, norms, strict=True)],
+                     title=f"{self.model} layers.{self.layer}.resid_post at position {self.position} of "
+                           f"{self.prompts[row]!r}: {len(self.labels)} parts",
+                     formats={"norm": ".3g"},
+                     notes=[(f"max |sum - resid| = {self.max_abs_error:.2e} (relative {self.rel_error:.1e}); "
+                             f"|resid| = {float(self.resid[row].norm()):.4g}")])
+
 
 def decompose(model: Model, prompts: str | Sequence[str], *, layer: int = -1, position: int = -1,
               chat: bool = False) -> Decomposition:
@@ -149,7 +176,7 @@ def decompose(model: Model, prompts: str | Sequence[str], *, layer: int = -1, po
     pos = c["layers.0.resid_pre"] - c["embed"]
     if pos.abs().max() > 0:
         add("pos_embed", "pos_embed", -1, -1, pos)
-    post_norm = model.spec.attn_post_norm is not None
+    post_norm = model.has_attn_post_norm
     attn_err = 0.0
     for lay in range(layer + 1):
         ho = c[f"layers.{lay}.attn.head_out"]  # [batch, head, d_model]
@@ -178,7 +205,7 @@ def decompose(model: Model, prompts: str | Sequence[str], *, layer: int = -1, po
 
 
 @dataclass(frozen=True, kw_only=True)
-class Attribution:
+class Attribution(Result):
     """DLA of every part of a `Decomposition` to one logit or a logit difference.
 
     Attributes:
@@ -239,7 +266,7 @@ class Attribution:
         idx = v.abs().argsort(descending=True)[:k]
         return [{"part": self.decomposition.labels[i], "dla": float(v[i])} for i in idx.tolist()]
 
-    def to_json(self, row: int = 0, k: int = 10) -> dict:
+    def to_dict(self, row: int = 0, k: int = 10) -> dict:
         d = self.decomposition
         return {
             "model": d.model, "prompt": d.prompts[row], "layer": d.layer, "position": d.position,
@@ -254,6 +281,30 @@ class Attribution:
             "parts": {lab: float(self.dla[row, i]) for i, lab in enumerate(d.labels)},
         }
 
+    def _what(self) -> str:
+        return repr(self.target) + (f" - {self.baseline!r}" if self.baseline is not None else "")
+
+    def table(self, row: int = 0) -> Table:
+        """Every part by |DLA|, largest first (the HTML shows the top 12, as the CLI does)."""
+        d = self.decomposition
+        order = self.dla[row].abs().argsort(descending=True).tolist()
+        return Table(["part", "kind", "layer", "head", "DLA"],
+                     [[d.labels[i], d.kinds[i], d.layers[i], d.heads[i], float(self.dla[row, i])] for i in order],
+                     title=f"{d.model}: DLA to logit {self._what()} at layers.{d.layer}.resid_post, position "
+                           f"{d.position}: top parts by |DLA|",
+                     formats={"DLA": "+.3f"}, max_rows=12,
+                     notes=[(f"logit {self._what()} = {float(self.logit[row]):.3f}; parts sum to "
+                             f"{float(self.dla[row].sum()):.3f} + constant {float(self.constant[row]):.3f} "
+                             f"(error {self.sum_error:.1e})"), APPROXIMATION])
+
+    def tables(self, row: int = 0) -> list[Table]:
+        pl = self.per_layer(row)
+        per_layer = Table(["layer", "attention", "MLP"],
+                          [[i, a, m] for i, (a, m) in enumerate(zip(pl["attn"], pl["mlp"], strict=True))],
+                          title="DLA per layer", formats={"attention": "+.3f", "MLP": "+.3f"},
+                          notes=[f"embeddings: {pl['embed']:+.3f}"])
+        return [self.table(row), per_layer]
+
 
 def _token(model: Model, tok: str | int) -> tuple[str, int]:
     if isinstance(tok, int):
@@ -264,17 +315,11 @@ def _token(model: Model, tok: str | int) -> tuple[str, int]:
     return tok, tid
 
 
-def _final_norm(model: Model):
-    return get_module(model.hf, model.spec.final_norm)
-
-
 def frozen_normed(model: Model, parts: Tensor, resid: Tensor) -> Tensor:
     """Parts [batch, n, d] through the final norm with its scale frozen at `resid` [batch, d]
     (centred first for LayerNorm; no norm bias). Sums to final_norm(resid) - bias."""
-    kind = model.spec.norm_kind
-    norm = _final_norm(model)
-    scale = norms.frozen_scale(norm, resid.to(model.device), kind).float()  # [batch, d]
-    return norms.centre(parts.to(model.device).float(), kind) * scale[:, None, :]
+    scale = final_norm_scale(model, resid.to(model.device)).float()  # [batch, d]
+    return final_norm_centre(model, parts.to(model.device).float()) * scale[:, None, :]
 
 
 def logit_attribution(model: Model, dec: Decomposition, target: str | int,
@@ -296,20 +341,18 @@ def logit_attribution(model: Model, dec: Decomposition, target: str | int,
         head_bias = 0.0
         if b_u is not None:
             head_bias = float(b_u[t_id]) - (float(b_u[b_id]) if b_id is not None else 0.0)
-        nb = norms.bias(_final_norm(model), model.spec.norm_kind)
+        nb = final_norm_bias(model)
         const = head_bias + (float(nb.float() @ direction) if nb is not None else 0.0)
         constant = torch.full((dla.shape[0],), const, dtype=torch.float32, device=dla.device)
         # The real logit, straight from the model's own norm and head (before softcap).
-        from lmscope.engine.readout import final_norm, logits_from_normed
-
         real_normed = final_norm(model, dec.resid).float()  # [batch, d], norm bias included
         logit = real_normed @ direction + head_bias
         full = logits_from_normed(model, final_norm(model, dec.resid)).float()  # [batch, vocab]
         logit_final = full[:, t_id] - (full[:, b_id] if b_id is not None else 0.0)
-    cap = getattr(model.hf.config, "final_logit_softcapping", None)
+    cap = logit_softcap(model)
     return Attribution(decomposition=dec, target=t_text, target_id=t_id, baseline=b_text, baseline_id=b_id,
                        dla=dla.cpu(), constant=constant.cpu(), logit=logit.cpu(), logit_final=logit_final.cpu(),
-                       softcap=float(cap) if cap else None)
+                       softcap=cap)
 
 
 # ---- unembedding single parts ------------------------------------------------------------------
@@ -328,8 +371,6 @@ def unembed_vectors(model: Model, vectors: Tensor, *, mode: str = "frozen", resi
             by its own rms; softcap included): a logit lens of the part.
         raw: W_U only, no norm, no gain (`readout.unembed(normalize=False)` minus the bias).
     """
-    from lmscope.engine.readout import unembed
-
     if mode not in UNEMBED_MODES:
         raise InputError(f"mode must be one of {', '.join(UNEMBED_MODES)}, got {mode!r}.")
     with torch.inference_mode():
@@ -389,7 +430,7 @@ def token_direction(model: Model, token: str | int, *, divide_by_gain: bool = Fa
 
 
 @dataclass(frozen=True, kw_only=True)
-class TokenEditResult:
+class TokenEditResult(Result):
     """Before/after next-token distributions of a token-space edit (see `token_edit`)."""
 
     prompt: str
@@ -406,8 +447,27 @@ class TokenEditResult:
     text_before: str | None = None
     text_after: str | None = None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def table(self) -> Table:
+        """The edited tokens' probabilities before, after, and with the random control."""
+        notes = [(f"layers.{self.layer}.resid_post position {self.position}: vector norm {self.vector_norm:.1f} "
+                  f"(residual norm {self.resid_norm:.1f})")]
+        if self.text_after is not None:
+            notes += [f"before: {self.text_before!r}", f"after: {self.text_after!r}"]
+        return Table(["token", "before", "after", "random control"],
+                     [[repr(t), *(self.probs[k][t] for k in ("before", "after", "control"))]
+                      for t in self.probs["before"]],
+                     title="probabilities", formats=dict.fromkeys(("before", "after", "random control"), ".4f"),
+                     notes=notes)
+
+    def tables(self) -> list[Table]:
+        ranks = Table(["rank", "before", "p before", "after", "p after"],
+                      [[i, repr(b["token"]), b["prob"], repr(a["token"]), a["prob"]]
+                       for i, (b, a) in enumerate(zip(self.before, self.after, strict=True), 1)],
+                      title="top tokens", formats={"p before": ".3f", "p after": ".3f"})
+        return [self.table(), ranks]
 
 
 def token_edit(model: Model, prompt: str, *, layer: int, position: int = -1, subtract: str | int | None = None,

@@ -22,7 +22,6 @@ tokens, so `generate` continues from the patched prompt.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from lmscope.datasets import shipped
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Patch
 from lmscope.engine.model import Batch, Model
+from lmscope.engine.results import Result, Table
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,7 @@ DESCRIPTION_PROMPT = ("Syria: Country in the Middle East. Leonardo DiCaprio: Ame
 
 
 def read_jsonl(name: str) -> list[dict]:
-    """Rows of a JSONL file shipped in `lmscope/data` (or any path)."""
-    if not (shipped.DATA_DIR / name).is_file() and not os.path.isfile(name):
-        raise InputError(f"No data file {name!r} in lmscope/datasets/data and no such path.")
+    """Rows of a JSONL file shipped in `lmscope/datasets/data` by name, or of any path."""
     return shipped.rows_of(name)
 
 
@@ -151,7 +149,7 @@ def last_token_logits(model: Model, prompt: str, values: Tensor, layers: Tensor 
 
 
 @dataclass(frozen=True, kw_only=True)
-class PatchscopeResult:
+class PatchscopeResult(Result):
     """One Patchscope readout (JSON-ready fields)."""
 
     source: str
@@ -169,8 +167,27 @@ class PatchscopeResult:
     text: str | None = None
     text_unpatched: str | None = None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def table(self) -> Table:
+        """The top tokens of each readout side by side: patched, the target alone, the source's
+        own next token, and the logit lens of the patched state."""
+        reads = {"patched": self.top, "unpatched target": self.top_unpatched,
+                 "source's own next token": self.source_next, "logit lens of the state": self.logit_lens}
+        n = max(len(r) for r in reads.values())
+        rows = []
+        for i in range(n):
+            row = [i + 1]
+            for r in reads.values():
+                row += [repr(r[i]["token"]), r[i]["prob"]] if i < len(r) else [None, None]
+            rows.append(row)
+        cols = [c for name in reads for c in (name, f"p ({name})")]
+        notes = [f"generated: {self.text!r}", f"unpatched: {self.text_unpatched!r}"] if self.text is not None else []
+        return Table(["rank", *cols], rows,
+                     title=f"source {self.source!r} token {self.source_token!r} layer {self.source_layer} -> target "
+                           f"'{self.target}' position {self.target_position} layer {self.target_layer}",
+                     formats={f"p ({name})": ".2f" for name in reads}, notes=notes)
 
 
 def _rows(model: Model, logits: Tensor, k: int) -> list[dict]:
@@ -237,7 +254,7 @@ def default_sources(n: int = 40, seed: int = 0) -> list[str]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class IdentitySweep:
+class IdentitySweep(Result):
     """Precision@1 per layer against the model's own next-token prediction at each source
     position: token-identity Patchscope, logit lens, and a shuffled control (the state of
     another source position patched in)."""
@@ -253,8 +270,14 @@ class IdentitySweep:
     unpatched: float  # agreement of the unpatched target's own prediction
     sources: list[dict] = field(default_factory=list)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def table(self) -> Table:
+        return Table(["layer", "Patchscope p@1", "logit lens p@1", "shuffled control"],
+                     [list(r) for r in zip(self.layers, self.patchscope, self.logit_lens, self.shuffled, strict=True)],
+                     title=f"{self.model}: token identity, {self.n} positions (unpatched target: {self.unpatched:.2f})",
+                     formats=dict.fromkeys(("Patchscope p@1", "logit lens p@1", "shuffled control"), ".2f"))
 
 
 def _pick_positions(model: Model, texts: Sequence[str], max_tokens: int, seed: int) -> Batch:
@@ -334,7 +357,7 @@ def identity_sweep(model: Model, texts: Sequence[str], *, layers: Sequence[int] 
 
 
 @dataclass(frozen=True, kw_only=True)
-class EntitySweep:
+class EntitySweep(Result):
     """Share of entity-description generations that mention one of the entity's keywords, per
     layer, with a shuffled control (another entity's state, scored against this entity's
     keywords) and the unpatched target as baseline."""
@@ -347,8 +370,14 @@ class EntitySweep:
     unpatched: float
     examples: dict  # layer -> [(entity, text)] for a few entities
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def table(self) -> Table:
+        return Table(["layer", "keyword hit rate", "shuffled control"],
+                     [list(r) for r in zip(self.layers, self.hit_rate, self.shuffled, strict=True)],
+                     title=f"{self.model}: entity description, {self.n} entities (unpatched: {self.unpatched:.2f})",
+                     formats={"keyword hit rate": ".2f", "shuffled control": ".2f"})
 
 
 def _hit(text: str, keywords: Sequence[str]) -> bool:

@@ -33,11 +33,12 @@ from lmscope.datasets import shipped
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
 from lmscope.engine.readout import unembed
+from lmscope.engine.results import Result, Table
 from lmscope.lens.logit import ROW_BUDGET
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = shipped.DATA_DIR / "translation.jsonl"
+DEFAULT_DATA = "translation.jsonl"  #: shipped word rows (`shipped.rows`)
 #: How each language introduces itself in the prompt (other keys are used as they are).
 LANGUAGE_NAMES = {"en": "English", "fr": "Français", "de": "Deutsch", "es": "Español", "it": "Italiano",
                   "zh": "中文", "ru": "Русский", "ja": "日本語", "pt": "Português", "nl": "Nederlands"}
@@ -75,7 +76,7 @@ class LatentConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LatentLanguageResult:
+class LatentLanguageResult(Result):
     """Per-prompt, per-layer lens probabilities of the answer in three languages.
 
     Attributes:
@@ -152,6 +153,16 @@ class LatentLanguageResult:
             s += "P(en) never exceeds P(target) (with P(en) >= 0.01) before the last layer."
         return s
 
+    def table(self) -> Table:
+        """Mean probability of each curve per layer, the summary under it (`lmscope lens latent`)."""
+        labels = self.curve_labels()
+        means = {k: self.band(k)[0] for k in labels}
+        return Table(["layer", *labels.values()],
+                     [[layer, *(float(means[k][i]) for k in labels)] for i, layer in enumerate(self.layers)],
+                     title=f"{self.model}: {self.src}->{self.tgt}, {self.n_items} words ({self.n_skipped} skipped), "
+                           f"accuracy {self.accuracy:.0%}",
+                     formats=dict.fromkeys(labels.values(), ".3f"), notes=[self.summary()])
+
     def to_dict(self) -> dict:
         """Stable keys: model, src, tgt, layers, n_items, n_skipped, accuracy, mean and band per
         curve ({"target","en","source"} -> {"mean","low","high"}), en_over_target_layers, items."""
@@ -175,8 +186,8 @@ def read_pairs(data: str | os.PathLike | Sequence[dict] | None = None) -> list[d
     """Word rows keyed by language (`{"en": "dog", "fr": "chien", ...}`) from a JSONL file, a
     list of dicts, or None for the shipped `translation.jsonl`."""
     if data is None:
-        data = DEFAULT_DATA
-    if isinstance(data, str | os.PathLike):
+        rows = shipped.rows(DEFAULT_DATA)
+    elif isinstance(data, str | os.PathLike):
         path = Path(data)
         if not path.is_file():
             raise InputError(f"No translation data at {path}; pass a JSONL file of {{lang: word}} objects.")
@@ -252,7 +263,7 @@ def latent_language(
         progress: Show a tqdm progress bar over batches.
 
     Example:
-        >>> r = latent_language(lm, config=LatentConfig(src="fr", tgt="de"))
+        >>> r = latent_language(model, config=LatentConfig(src="fr", tgt="de"))
         >>> r.accuracy, r.en_over_target_layers()
     """
     from tqdm.auto import tqdm

@@ -28,6 +28,7 @@ from torch import Tensor
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Batch, Model
 from lmscope.engine.readout import unembed
+from lmscope.engine.results import Result, Table
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ Translator = Callable[[int, Tensor], Tensor]  # (layer, [..., d_model]) -> [...,
 
 
 @dataclass(frozen=True, kw_only=True)
-class LensResult:
+class LensResult(Result):
     """A lens read at every (layer, position) of one prompt.
 
     Attributes:
@@ -134,6 +135,27 @@ class LensResult:
             "top_k": self.top_k, "position": pos, "cells": cells, "targets": targets,
             "kl_per_layer": [round(float(x), 6) for x in self.kl_per_layer()],
         }
+
+    def table(self) -> Table:
+        """Per layer at the last position: the top 5 tokens, the KL to the output, and each
+        target's probability and rank (what `lmscope lens logit` prints)."""
+        n = min(5, self.top_k)
+        rows = []
+        for li, layer in enumerate(self.layers):
+            tops = "  ".join(f"{t!r} {float(q):.2f}" for t, q in zip(self.top_tokens[li][-1][:n],
+                                                                         self.top_probs[li, -1, :n], strict=True))
+            targets = []
+            for j in range(len(self.targets)):
+                targets += [float(self.target_probs[li, -1, j]), int(self.target_ranks[li, -1, j])]
+            rows.append([layer, tops, float(self.kl[li, -1]), *targets])
+        cols = [f"p({t!r})" for t in self.targets]
+        return Table(
+            ["layer", f"top {n} at the last position", "KL", *(c for t, p in zip(self.targets, cols, strict=True)
+                                                                for c in (p, f"rank of {t!r}"))],
+            rows, title=f"{self.model}: {self.lens} lens of {self.prompt!r}",
+            formats={"KL": ".2f", **{c: ".3f" for c in cols}},
+            notes=[f"{t!r}: enters the top-{self.top_k} at layer {self.entry_layer(i)}, stays from layer "
+                   f"{self.settle_layer(i)}." for t, i in zip(self.targets, self.target_ids, strict=True)])
 
 
 def _check_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
@@ -337,7 +359,7 @@ def logit_lens(
         in the top-k at the last position, `result.kl` the KL to the model's output per cell.
 
     Example:
-        >>> r = logit_lens(lm, "The capital of Poland is", targets=[" Warsaw"])
+        >>> r = logit_lens(model, "The capital of Poland is", targets=[" Warsaw"])
         >>> r.top_tokens[-1][-1][0], r.entry_layer(" Warsaw")
     """
     return run_lens(model, prompt, targets=targets, top_k=top_k, layers=layers, chat=chat)
@@ -402,7 +424,7 @@ def sample_states(
 
 
 @dataclass(frozen=True, kw_only=True)
-class LayerKL:
+class LayerKL(Result):
     """How far each layer's lens is from the model's output, over text positions.
 
     Attributes:
@@ -427,6 +449,13 @@ class LayerKL:
         return {"model": self.model, "lens": self.lens, "layers": self.layers, "n_positions": self.n_positions,
                 "kl": [round(float(x), 5) for x in self.kl], "kl_sem": [round(float(x), 5) for x in self.kl_sem],
                 "top1_agreement": [round(float(x), 4) for x in self.top1_agreement]}
+
+    def table(self) -> Table:
+        return Table(["layer", "KL", "KL s.e.", "top-1 agreement"],
+                     [[layer, float(self.kl[i]), float(self.kl_sem[i]), float(self.top1_agreement[i])]
+                      for i, layer in enumerate(self.layers)],
+                     title=f"{self.model}: KL(output || {self.lens} lens), {self.n_positions} positions",
+                     formats={"KL": ".3f", "KL s.e.": ".3f", "top-1 agreement": ".2f"})
 
 
 def kl_of_states(model: Model, states: Tensor, *, translator: Translator | None = None,

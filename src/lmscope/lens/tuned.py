@@ -13,9 +13,9 @@ Training cost is the full-vocabulary softmax of every (layer, position) cell, fo
 backward, so each step unembeds only `positions` random text positions of its batch (seeded),
 computes the final distribution once for them, and backpropagates layer group by layer group.
 
-    lens, log = train_tuned_lens(lm, steps=200, out="gemma.tuned.safetensors", progress=True)
-    lens.run(lm, "The capital of Poland is", targets=[" Warsaw"])
-    compare_lenses(lm, lens)          # per-layer KL, logit vs tuned, on held-out text
+    lens, log = train_tuned_lens(model, steps=200, out="gemma.tuned.safetensors", progress=True)
+    lens.run(model, "The capital of Poland is", targets=[" Warsaw"])
+    compare_lenses(model, lens)          # per-layer KL, logit vs tuned, on held-out text
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from lmscope.engine.artifacts import load_artifact, save_artifact
 from lmscope.engine.errors import ArtifactError, InputError
 from lmscope.engine.model import Model
 from lmscope.engine.readout import unembed
+from lmscope.engine.results import Result, Table
 from lmscope.lens.logit import (
     LayerKL,
     LensResult,
@@ -235,7 +236,7 @@ def split_windows(n: int, holdout: float) -> tuple[Tensor, Tensor]:
 
 
 @dataclass
-class TrainLog:
+class TrainLog(Result):
     """What training did: per-step mean KL over layers, and the last step's KL per layer."""
 
     steps: list[int] = field(default_factory=list)
@@ -243,6 +244,21 @@ class TrainLog:
     layer_kl: list[float] = field(default_factory=list)  # [layer-1] at the last step
     tokens_per_s: float = 0.0  # trained positions per second (each trains every layer)
     seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "loss": self.loss, "layer_kl": self.layer_kl,
+                "tokens_per_s": round(self.tokens_per_s, 2), "seconds": round(self.seconds, 2)}
+
+    def table(self) -> Table:
+        notes = [f"mean KL {self.loss[0]:.3f} -> {self.loss[-1]:.3f} nats."] if self.loss else []
+        return Table(["step", "mean KL"], [[s, x] for s, x in zip(self.steps, self.loss, strict=True)],
+                     title=f"Trained {len(self.steps)} steps in {self.seconds:.1f} s ({self.tokens_per_s:.0f} "
+                           "positions/s)", formats={"mean KL": ".3f"}, notes=notes)
+
+    def tables(self) -> list[Table]:
+        per_layer = Table(["layer", "KL"], [[i, x] for i, x in enumerate(self.layer_kl)],
+                          title="KL per layer at the last step", formats={"KL": ".3f"})
+        return [self.table(), per_layer]
 
 
 def _optimizer(cfg: TunedLensConfig, params: list[Tensor]) -> torch.optim.Optimizer:
@@ -407,7 +423,7 @@ def _save(lens: TunedLens, weight: Tensor, bias: Tensor, opt, out, model: Model)
 
 
 @dataclass(frozen=True, kw_only=True)
-class LensComparison:
+class LensComparison(Result):
     """Per-layer KL to the model's output of the logit lens and a tuned lens, same positions."""
 
     logit: LayerKL
@@ -425,6 +441,20 @@ class LensComparison:
                 "logit_top1_agreement": self.logit.to_dict()["top1_agreement"],
                 "tuned_top1_agreement": self.tuned.to_dict()["top1_agreement"],
                 "tuned_wins": self.tuned_wins, "tuned_wins_all_but_last": all(self.tuned_wins)}
+
+    def table(self) -> Table:
+        """Per layer: both lenses' KL, their ratio and top-1 agreement (`lmscope lens compare`)."""
+        rows = []
+        for i, layer in enumerate(self.logit.layers):
+            lg, tu = float(self.logit.kl[i]), float(self.tuned.kl[i])
+            rows.append([layer, lg, tu, lg / tu if tu > 1e-6 else None, float(self.logit.top1_agreement[i]),
+                         float(self.tuned.top1_agreement[i])])
+        wins = self.tuned_wins
+        return Table(["layer", "logit KL", "tuned KL", "ratio", "logit top-1", "tuned top-1"], rows,
+                     title=f"{self.logit.model}: KL(output || lens), {self.logit.n_positions} positions of {self.text}",
+                     formats={"logit KL": ".3f", "tuned KL": ".3f", "ratio": ".1f", "logit top-1": ".2f",
+                              "tuned top-1": ".2f"},
+                     notes=[f"tuned < logit on {sum(wins)}/{len(wins)} layers (all but the last)."])
 
 
 def compare_lenses(

@@ -1,7 +1,7 @@
 """The singular/plural demonstration ("this" / "these"): which neurons carry number agreement,
 and how rarely one of them alone flips the model's choice (the knowledge-neuron critique).
 
-    demo = agreement_demo(lm, n_rank=20, n_eval=20)
+    demo = agreement_demo(model, n_rank=20, n_eval=20)
     demo.ranking[:5]          # neurons ranked by attribution on the ranking prompts
     demo.top1                 # ablating the best one on held-out prompts (AblationEffect)
     demo.curve                # k = 1..N top neurons vs k random ones (CurveResult)
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from lmscope.datasets import shipped
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
+from lmscope.engine.results import Result, Table
 from lmscope.neurons import causal as nc
 
 
@@ -30,7 +31,7 @@ def agreement_rows() -> list[dict]:
 
 
 @dataclass
-class AgreementDemo:
+class AgreementDemo(Result):
     """Result of `agreement_demo` (see the module docstring)."""
 
     model: str
@@ -48,15 +49,33 @@ class AgreementDemo:
                 "n_eval": self.n_eval, "ranking": self.ranking, "clean_singular_ld": self.clean_singular_ld,
                 "top1": self.top1.to_dict(), "curve": self.curve.to_dict()}
 
+    def table(self) -> Table:
+        """The ablation curve: top-k agreement neurons vs random ones on the held-out prompts."""
+        t = self.curve.table()
+        top = ", ".join(f"{r['layer']}.{r['neuron']}" for r in self.ranking[:5])
+        return Table(t.columns, t.rows, formats=t.formats,
+                     title=f"{self.model}: {self.curve.method} ablation of the top-k neurons (ranked by attribution "
+                           f"to LD({self.target!r} - {self.baseline!r}) on {self.n_rank} plural prompts) vs "
+                           f"{self.curve.n_random} random draws, {self.n_eval} held-out prompts",
+                     notes=[f"top neurons: {top}",
+                            f"held-out singular prompts: mean LD {self.clean_singular_ld:+.3f} (should be < 0)",
+                            *t.notes])
 
-def agreement_demo(lm: Model, *, n_rank: int = 20, n_eval: int = 20, ks=(1, 2, 5, 10, 20, 50),
+    def tables(self) -> list[Table]:
+        ranking = Table(["layer", "neuron", "attribution"], [[r["layer"], r["neuron"], r["attribution"]]
+                                                             for r in self.ranking],
+                        title="neurons by attribution, best first", formats={"attribution": "+.4g"}, max_rows=10)
+        return [self.table(), ranking]
+
+
+def agreement_demo(model: Model, *, n_rank: int = 20, n_eval: int = 20, ks=(1, 2, 5, 10, 20, 50),
                    n_random: int = 3, method: str = "zero", n_neutral: int = 16, seed: int = 0,
                    progress: bool = False) -> AgreementDemo:
     """Rank neurons by attribution to LD(" these" - " this") and ablate the top k on held-out
     plural prompts, next to k random neurons.
 
     Args:
-        lm: The model.
+        model: The model.
         n_rank: Rows used to rank neurons (the first ones).
         n_eval: Held-out rows ablations are measured on (the last ones).
         ks: Numbers of top neurons ablated together.
@@ -66,7 +85,6 @@ def agreement_demo(lm: Model, *, n_rank: int = 20, n_eval: int = 20, ks=(1, 2, 5
         seed: Seed of the random neurons and of resampling.
         progress: Progress bar over the curve's runs.
     """
-    from lmscope.neurons.clamp import neutral_prompts
 
     ks = sorted({1, *(int(k) for k in ks)})
     if ks[0] < 1:
@@ -79,15 +97,15 @@ def agreement_demo(lm: Model, *, n_rank: int = 20, n_eval: int = 20, ks=(1, 2, 5
     rank_p = [r["prompt_plural"] for r in rows[:n_rank]]
     held = rows[-n_eval:]
     eval_p = [r["prompt_plural"] for r in held]
-    ref = None if method == "zero" else nc.reference_activations(lm)
-    scores = nc.attribute(lm, rank_p, target=target, baseline=baseline, reference=ref)  # [layer, d_mlp]
+    ref = None if method == "zero" else nc.reference_activations(model)
+    scores = nc.attribute(model, rank_p, target=target, baseline=baseline, reference=ref)  # [layer, d_mlp]
     ranking = nc.top_neurons(scores, max(ks))
-    neutral = neutral_prompts(n_neutral) if n_neutral else None
-    curve = nc.ablation_curve(lm, ranking, eval_p, target=target, baseline=baseline, ks=ks, method=method,
+    neutral = shipped.neutral_prompts(n_neutral) if n_neutral else None
+    curve = nc.ablation_curve(model, ranking, eval_p, target=target, baseline=baseline, ks=ks, method=method,
                               reference=ref, neutral=neutral, n_random=n_random, seed=seed, progress=progress)
-    sing = nc.last_token_metrics(lm, [r["prompt_singular"] for r in held], target=lm.token_id(target),
-                                 baseline=lm.token_id(baseline))
+    sing = nc.last_token_metrics(model, [r["prompt_singular"] for r in held], target=model.token_id(target),
+                                 baseline=model.token_id(baseline))
     return AgreementDemo(
-        model=lm.name, target=target, baseline=baseline, n_rank=n_rank, n_eval=n_eval,
+        model=model.name, target=target, baseline=baseline, n_rank=n_rank, n_eval=n_eval,
         ranking=[{"layer": L, "neuron": n, "attribution": float(scores[L, n])} for L, n in ranking],
         clean_singular_ld=float(sing["ld"].mean()), top1=curve.top[0], curve=curve)

@@ -28,7 +28,6 @@ is unchanged). Scores are directions' logits, not probabilities.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -39,10 +38,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmscope.engine import norms
-from lmscope.engine.arch import get_module
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
+from lmscope.engine.readout import final_norm_centre, final_norm_gain
+from lmscope.engine.weights import perturbed_mlp
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +103,23 @@ class NeuronTopK:
         return tuple(self.ids)
 
 
-def is_gated(lm: Model) -> bool:
-    return lm.spec.gate is not None or lm.spec.fused_gate_up
+def is_gated(model: Model) -> bool:
+    return model.is_gated
 
 
-def _kinds_for(lm: Model, kinds: Sequence[str]) -> tuple[str, ...]:
-    return tuple(k for k in kinds if k != "in_gate" or is_gated(lm))
+def _kinds_for(model: Model, kinds: Sequence[str]) -> tuple[str, ...]:
+    return tuple(k for k in kinds if k != "in_gate" or is_gated(model))
 
 
-def to_token_space(lm: Model, w: Tensor) -> Tensor:
+def to_token_space(model: Model, w: Tensor) -> Tensor:
     """Directions [..., d_model] -> what the LM head sees: centred (LayerNorm) and times the
     final-norm gain, float32 on the model's device."""
-    norm = get_module(lm.hf, lm.spec.final_norm)
-    w = norms.centre(w.detach().to(lm.device, torch.float32), lm.spec.norm_kind)
-    return w * norms.gain(norm, lm.spec.norm_kind).to(lm.device)
+    w = final_norm_centre(model, w.detach().to(model.device, torch.float32))
+    return w * final_norm_gain(model).to(model.device)
 
 
-def _unembed_matrix(lm: Model) -> Tensor:
-    return lm.weights.W_U.detach().to(torch.float32)  # [d_model, d_vocab]; a view when float32
+def _unembed_matrix(model: Model) -> Tensor:
+    return model.weights.W_U.detach().to(torch.float32)  # [d_model, d_vocab]; a view when float32
 
 
 def auto_block(d_vocab: int, k: int) -> int:
@@ -161,26 +159,26 @@ def topk_rows(x: Tensor, k: int, *, largest: bool = True, block: int | None = No
     return vals, idx.gather(1, j)
 
 
-def chunk_rows(lm: Model, config: AtlasConfig) -> int:
+def chunk_rows(model: Model, config: AtlasConfig) -> int:
     """Neurons per matmul chunk: a float32 [chunk, d_vocab] block within `config.chunk_mib`."""
-    return max(1, min(lm.d_mlp, config.chunk_mib * 2**20 // (4 * lm.d_vocab)))
+    return max(1, min(model.d_mlp, config.chunk_mib * 2**20 // (4 * model.d_vocab)))
 
 
-def decode_layer(lm: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, _w_u: Tensor | None = None,
+def decode_layer(model: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, _w_u: Tensor | None = None,
                  _buf: Tensor | None = None, _on_chunk: Callable[[int], None] | None = None
                  ) -> dict[str, tuple[Tensor, Tensor]]:
     """Top-k tokens of every neuron of one layer: kind -> (ids [d_mlp, k], scores [d_mlp, k]),
     on the model's device. `_on_chunk(rows)` is called after each chunk (progress)."""
-    w_u = _unembed_matrix(lm) if _w_u is None else _w_u
-    chunk = chunk_rows(lm, config)
-    buf = torch.empty(chunk, lm.d_vocab, device=lm.device) if _buf is None else _buf
-    kinds = _kinds_for(lm, config.kinds)
+    w_u = _unembed_matrix(model) if _w_u is None else _w_u
+    chunk = chunk_rows(model, config)
+    buf = torch.empty(chunk, model.d_vocab, device=model.device) if _buf is None else _buf
+    kinds = _kinds_for(model, config.kinds)
     out: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
     with torch.inference_mode():
         for src in dict.fromkeys(_SOURCE[k] for k in kinds):  # each matrix once: out feeds two kinds
-            w = lm.weights.W_out(layer) if src == "out" else lm.weights.W_in(layer, src)
-            rows = to_token_space(lm, w)  # [d_mlp, d_model]
-            for s in range(0, lm.d_mlp, chunk):
+            w = model.weights.W_out(layer) if src == "out" else model.weights.W_in(layer, src)
+            rows = to_token_space(model, w)  # [d_mlp, d_model]
+            for s in range(0, model.d_mlp, chunk):
                 part = rows[s : s + chunk]
                 scores = torch.mm(part, w_u, out=buf[: len(part)])  # [chunk, d_vocab]
                 for kind in kinds:
@@ -193,17 +191,17 @@ def decode_layer(lm: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, 
     return {k: (torch.cat(i), torch.cat(v)) for k, (i, v) in out.items()}
 
 
-def _layers(lm: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
+def _layers(model: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
     if layers is None:
-        return tuple(range(lm.n_layers))
-    return tuple(lm.site(f"layers.{L}.resid_post").layer for L in layers)  # validates, normalises
+        return tuple(range(model.n_layers))
+    return tuple(model.site(f"layers.{L}.resid_post").layer for L in layers)  # validates, normalises
 
 
 def _about(seconds: float) -> str:
     return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
 
 
-def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bool = False,
+def decode_model(model: Model, config: AtlasConfig = AtlasConfig(), *, progress: bool = False,
                  notify: Callable[[str], None] | None = None) -> NeuronTopK:
     """Decode every neuron of the selected layers (see the module docstring).
 
@@ -215,15 +213,15 @@ def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bo
     """
     from tqdm.auto import tqdm
 
-    layers = _layers(lm, config.layers)
-    kinds = _kinds_for(lm, config.kinds)
-    w_u = _unembed_matrix(lm)
-    buf = torch.empty(chunk_rows(lm, config), lm.d_vocab, device=lm.device)  # reused: no page faults per chunk
+    layers = _layers(model, config.layers)
+    kinds = _kinds_for(model, config.kinds)
+    w_u = _unembed_matrix(model)
+    buf = torch.empty(chunk_rows(model, config), model.d_vocab, device=model.device)  # reused: no page faults per chunk
     n_mats = len({_SOURCE[k] for k in kinds})
-    n_rows = len(layers) * n_mats * lm.d_mlp  # one weight row (or column) per neuron and matrix
-    res = NeuronTopK(layers=layers, flops=2.0 * len(layers) * n_mats * lm.d_mlp * lm.d_model * lm.d_vocab)
+    n_rows = len(layers) * n_mats * model.d_mlp  # one weight row (or column) per neuron and matrix
+    res = NeuronTopK(layers=layers, flops=2.0 * len(layers) * n_mats * model.d_mlp * model.d_model * model.d_vocab)
     per: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
-    bar = tqdm(total=n_rows, desc=f"atlas {lm.name}", disable=not progress, unit="row", unit_scale=True)
+    bar = tqdm(total=n_rows, desc=f"atlas {model.name}", disable=not progress, unit="row", unit_scale=True)
 
     def say(msg: str) -> None:
         if notify is not None:
@@ -237,17 +235,17 @@ def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bo
         bar.update(rows)
         chunks[0] += 1
         if chunks[0] == 1:  # includes warm-up, so the estimate errs on the long side
-            if lm.device.type == "cuda":
-                torch.cuda.synchronize(lm.device)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
             first = time.perf_counter() - t0
-            say(f"atlas: the first chunk ({rows} of {n_rows} weight rows x {lm.d_vocab} tokens) took {first:.2f} s, "
+            say(f"atlas: the first chunk ({rows} of {n_rows} weight rows x {model.d_vocab} tokens) took {first:.2f} s, "
                 f"so decoding takes {_about(first * n_rows / rows)}")
 
     t0 = time.perf_counter()
     shown = t0
     try:
         for j, layer in enumerate(layers, 1):
-            for kind, (i, v) in decode_layer(lm, layer, config, _w_u=w_u, _buf=buf, _on_chunk=on_chunk).items():
+            for kind, (i, v) in decode_layer(model, layer, config, _w_u=w_u, _buf=buf, _on_chunk=on_chunk).items():
                 per[kind][0].append(i.cpu())
                 per[kind][1].append(v.cpu())
             now = time.perf_counter()
@@ -257,34 +255,34 @@ def decode_model(lm: Model, config: AtlasConfig = AtlasConfig(), *, progress: bo
                 shown = now
     finally:
         bar.close()
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize(lm.device)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
     res.seconds = time.perf_counter() - t0
     for kind, (i, v) in per.items():
         res.ids[kind] = torch.stack(i)
         res.scores[kind] = torch.stack(v).float()
     log.info("Decoded %d layers x %d neurons x %d kinds of %s in %.1f s (%.0f GFLOP/s)", len(layers),
-             lm.d_mlp, len(kinds), lm.name, res.seconds, res.flops / max(res.seconds, 1e-9) / 1e9)
+             model.d_mlp, len(kinds), model.name, res.seconds, res.flops / max(res.seconds, 1e-9) / 1e9)
     return res
 
 
-def decode_neuron(lm: Model, layer: int, neuron: int, k: int = 10) -> dict[str, list[tuple[str, float]] | None]:
+def decode_neuron(model: Model, layer: int, neuron: int, k: int = 10) -> dict[str, list[tuple[str, float]] | None]:
     """One neuron's weights in token space.
 
     Returns:
         {"in_gate", "in_up", "out", "out_bottom"} -> [(token text, score)] best first
         (`out_bottom`: most suppressed first); "in_gate" is None for ungated MLPs.
     """
-    site = lm.site(f"layers.{layer}.mlp.neurons[{neuron}]")  # validates layer and neuron
+    site = model.site(f"layers.{layer}.mlp.neurons[{neuron}]")  # validates layer and neuron
     L, n = site.layer, site.units[0]
     with torch.inference_mode():
-        mats = {"in_up": lm.weights.W_in(L, "up")[n], "out": lm.weights.W_out(L)[n]}
-        if is_gated(lm):
-            mats["in_gate"] = lm.weights.W_in(L, "gate")[n]
+        mats = {"in_up": model.weights.W_in(L, "up")[n], "out": model.weights.W_out(L)[n]}
+        if is_gated(model):
+            mats["in_gate"] = model.weights.W_in(L, "gate")[n]
         names = list(mats)
-        scores = to_token_space(lm, torch.stack([mats[m] for m in names])) @ _unembed_matrix(lm)  # [m, vocab]
+        scores = to_token_space(model, torch.stack([mats[m] for m in names])) @ _unembed_matrix(model)  # [m, vocab]
     k = min(k, scores.shape[1])
-    dec = lm.tokenizer.decode
+    dec = model.tokenizer.decode
     res: dict[str, list[tuple[str, float]] | None] = {"in_gate": None}
     for row, name in zip(scores, names, strict=True):
         for kind, largest in ((name, True), ("out_bottom", False)) if name == "out" else ((name, True),):
@@ -293,7 +291,7 @@ def decode_neuron(lm: Model, layer: int, neuron: int, k: int = 10) -> dict[str, 
     return {kind: res[kind] for kind in KINDS}
 
 
-def build_atlas(lm: Model, config: AtlasConfig = AtlasConfig(), *, path: str | Path | None = None,
+def build_atlas(model: Model, config: AtlasConfig = AtlasConfig(), *, path: str | Path | None = None,
                 progress: bool = False, notify: Callable[[str], None] | None = None):
     """Decode the model and write the SQLite atlas (atomically). Returns the open `Atlas`.
 
@@ -301,34 +299,34 @@ def build_atlas(lm: Model, config: AtlasConfig = AtlasConfig(), *, path: str | P
     person to read (see `decode_model`)."""
     from lmscope.neurons.atlas_db import Atlas, default_path, write_atlas
 
-    path = Path(path) if path is not None else default_path(lm)
-    n_layers = lm.n_layers if config.layers is None else len(config.layers)
+    path = Path(path) if path is not None else default_path(model)
+    n_layers = model.n_layers if config.layers is None else len(config.layers)
     if notify is not None:
-        notify(f"atlas: decoding {n_layers} layers x {lm.d_mlp} neurons of {lm.name} through the LM head "
-               f"({', '.join(_kinds_for(lm, config.kinds))}) into {path}")
-    table = decode_model(lm, config, progress=progress, notify=notify)
+        notify(f"atlas: decoding {n_layers} layers x {model.d_mlp} neurons of {model.name} through the LM head "
+               f"({', '.join(_kinds_for(model, config.kinds))}) into {path}")
+    table = decode_model(model, config, progress=progress, notify=notify)
     if notify is not None:
         notify(f"atlas: decoded in {table.seconds:.0f} s; writing the SQLite file {path}")
-    write_atlas(path, lm, table)
-    return Atlas.open(path, model=lm)
+    write_atlas(path, model, table)
+    return Atlas.open(path, model=model)
 
 
-def load_atlas(lm: Model, *, path: str | Path | None = None, build: bool = True, k: int = 20,
+def load_atlas(model: Model, *, path: str | Path | None = None, build: bool = True, k: int = 20,
                progress: bool = False, notify: Callable[[str], None] | None = None):
-    """The atlas of `lm` at `path` (default: the cache), built on first use when `build`
+    """The atlas of `model` at `path` (default: the cache), built on first use when `build`
     (`progress`, `notify`: see `build_atlas`)."""
     from lmscope.engine.errors import ArtifactError
     from lmscope.neurons.atlas_db import Atlas, default_path
 
-    path = Path(path) if path is not None else default_path(lm)
+    path = Path(path) if path is not None else default_path(model)
     if path.is_file():
-        return Atlas.open(path, model=lm)
+        return Atlas.open(path, model=model)
     if not build:
-        raise ArtifactError(f"No atlas at {path}; build it with `lmscope atlas build {lm.name}`.")
-    log.info("No atlas for %s at %s: building it (once)", lm.name, path)
+        raise ArtifactError(f"No atlas at {path}; build it with `lmscope atlas build {model.name}`.")
+    log.info("No atlas for %s at %s: building it (once)", model.name, path)
     if notify is not None:
-        notify(f"atlas: none for {lm.name} at {path} yet; building it once (later runs read it in a moment)")
-    return build_atlas(lm, AtlasConfig(k=k), path=path, progress=progress, notify=notify)
+        notify(f"atlas: none for {model.name} at {path} yet; building it once (later runs read it in a moment)")
+    return build_atlas(model, AtlasConfig(k=k), path=path, progress=progress, notify=notify)
 
 
 # ---- comparing two models of one architecture -----------------------------------------------
@@ -385,42 +383,8 @@ def compare_atlases(a, b, *, kinds: Sequence[str] = ("in_gate", "in_up", "out"),
     return out
 
 
-def perturb_mlp(lm: Model, *, noise: float, seed: int = 0) -> Model:
-    """A copy of `lm` whose MLP weights (gate, up, down of every layer) get Gaussian noise of
+def perturb_mlp(model: Model, *, noise: float, seed: int = 0) -> Model:
+    """A copy of `model` whose MLP weights (gate, up, down of every layer) get Gaussian noise of
     `noise` x each matrix's standard deviation. The original model is not touched."""
-    if noise < 0:
-        raise InputError(f"noise must be >= 0, got {noise}.")
-    hf = copy.deepcopy(lm.hf)
-    spec = lm.spec
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in get_module(hf, spec.layers):
-            for path in (spec.gate, spec.up, spec.down):
-                if path is None:
-                    continue
-                w = get_module(block, path).weight
-                eps = torch.randn(w.shape, generator=gen) * (noise * float(w.float().std()))
-                w.add_(eps.to(w.device, w.dtype))
-    return Model(hf, lm.tokenizer, name=f"{lm.name}+mlpnoise{noise:g}s{seed}", source=lm.source,
-                 revision=lm.revision, arch=lm.spec)
+    return perturbed_mlp(model, noise=noise, seed=seed)
 
-
-def plot_compare(result: dict, path: str | Path) -> Path:
-    """PNG of `compare_atlases` output: share of same top token per layer, one line per kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
-    for kind, r in result["kinds"].items():
-        ax.plot(result["layers"], r["per_layer"], marker="o", ms=3, label=f"{kind} (overall {r['overall']:.2f})")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("same top token")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"{result['a']} vs {result['b']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)

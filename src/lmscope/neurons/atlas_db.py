@@ -73,25 +73,25 @@ def query_variants(word: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def weight_sample(lm: Model) -> list[float]:
+def weight_sample(model: Model) -> list[float]:
     """A few weights from every layer and the unembedding, to tell models that share a name apart."""
-    vals = [lm.weights.W_U[:8, :4].reshape(-1)]
-    for L in range(lm.n_layers):
-        vals += [lm.weights.W_out(L)[:2, :4].reshape(-1), lm.weights.W_in(L, "up")[:2, :4].reshape(-1)]
+    vals = [model.weights.W_U[:8, :4].reshape(-1)]
+    for L in range(model.n_layers):
+        vals += [model.weights.W_out(L)[:2, :4].reshape(-1), model.weights.W_in(L, "up")[:2, :4].reshape(-1)]
     return [round(float(x), 7) for x in torch.cat(vals).detach().float().cpu()]
 
 
-def _model_meta(lm: Model) -> dict:
+def _model_meta(model: Model) -> dict:
     from lmscope import __version__
 
-    return {"model": lm.name, "source": lm.source, "family": lm.spec.family, "d_model": lm.d_model,
-            "n_layers": lm.n_layers, "d_mlp": lm.d_mlp, "d_vocab": lm.d_vocab, "lmscope_version": __version__,
-            "format_version": FORMAT_VERSION, "weights_sample": weight_sample(lm)}
+    return {"model": model.name, "source": model.source, "family": model.family, "d_model": model.d_model,
+            "n_layers": model.n_layers, "d_mlp": model.d_mlp, "d_vocab": model.d_vocab, "lmscope_version": __version__,
+            "format_version": FORMAT_VERSION, "weights_sample": weight_sample(model)}
 
 
-def _decode_ids(lm: Model, ids: Iterable[int]) -> dict[int, str]:
+def _decode_ids(model: Model, ids: Iterable[int]) -> dict[int, str]:
     ids = sorted(set(ids))
-    return dict(zip(ids, lm.tokenizer.batch_decode([[i] for i in ids]), strict=True))
+    return dict(zip(ids, model.tokenizer.batch_decode([[i] for i in ids]), strict=True))
 
 
 KIND_CODES = {"in_gate": 0, "in_up": 1, "out": 2, "out_bottom": 3}
@@ -116,7 +116,7 @@ def _key(layer: int, neuron: int, kind: str, d_mlp: int) -> int:
     return (layer * d_mlp + neuron) * 4 + KIND_CODES[kind]
 
 
-def write_atlas(path: str | Path, lm: Model, table: NeuronTopK) -> Path:
+def write_atlas(path: str | Path, model: Model, table: NeuronTopK) -> Path:
     """Write a decoded table as an SQLite atlas at `path`, atomically.
 
     Storage: `neuron_tokens(id, token_id, score)` with id = key * k + rank and key =
@@ -129,14 +129,14 @@ def write_atlas(path: str | Path, lm: Model, table: NeuronTopK) -> Path:
     tmp = temp_path(path)
     t0 = time.perf_counter()
     kinds = sorted(table.kinds, key=KIND_CODES.get)  # key order: rows go in as appends
-    d_mlp, k = lm.d_mlp, table.ids[kinds[0]].shape[-1]
+    d_mlp, k = model.d_mlp, table.ids[kinds[0]].shape[-1]
     codes = torch.tensor([KIND_CODES[kd] for kd in kinds])
     try:
         con = sqlite3.connect(tmp)
         try:
             con.executescript(_SCHEMA + _VIEW.format(per_layer=d_mlp * 4 * k, per_neuron=4 * k, d_mlp=d_mlp, k=k))
             con.executemany("INSERT INTO kinds VALUES (?,?)", [(c, kd) for kd, c in KIND_CODES.items()])
-            text = _decode_ids(lm, torch.cat([t.unique() for t in table.ids.values()]).tolist())
+            text = _decode_ids(model, torch.cat([t.unique() for t in table.ids.values()]).tolist())
             norm = {i: normalize_token(s) for i, s in text.items()}
             con.executemany("INSERT INTO tokens VALUES (?,?,?)", [(i, text[i], norm[i]) for i in sorted(text)])
             for li, layer in enumerate(table.layers):
@@ -149,7 +149,7 @@ def write_atlas(path: str | Path, lm: Model, table: NeuronTopK) -> Path:
                 docs = [" ".join(filter(None, map(norm.__getitem__, tids))) for tids in ids.flatten(0, 1).tolist()]
                 con.executemany("INSERT INTO neuron_fts(rowid, tokens) VALUES (?,?)",
                                 zip(keys.flatten().tolist(), docs))
-            meta = {**_model_meta(lm), "k": k, "kinds": kinds, "layers": list(table.layers),
+            meta = {**_model_meta(model), "k": k, "kinds": kinds, "layers": list(table.layers),
                     "decode_seconds": table.seconds, "flops": table.flops,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             meta["write_seconds"] = time.perf_counter() - t0
@@ -164,7 +164,7 @@ def write_atlas(path: str | Path, lm: Model, table: NeuronTopK) -> Path:
 
 
 class Atlas:
-    """An open atlas file. Use `Atlas.open(path, model=lm)`; close it (or use `with`)."""
+    """An open atlas file. Use `Atlas.open(path, model=model)`; close it (or use `with`)."""
 
     def __init__(self, path: Path, con: sqlite3.Connection, meta: dict) -> None:
         self.path = path
@@ -199,20 +199,21 @@ class Atlas:
                 raise
         return atlas
 
-    def check_model(self, lm: Model) -> None:
+    def check_model(self, model: Model) -> None:
         m = self.meta
-        fix = f"Rebuild it: `lmscope atlas build {lm.name} --out {self.path}`."
-        if m["model"] != lm.name:
-            raise ArtifactError(f"The atlas {self.path} was built for {m['model']!r}, not {lm.name!r}. {fix}")
+        fix = f"Rebuild it: `lmscope atlas build {model.name} --out {self.path}`."
+        if m["model"] != model.name:
+            raise ArtifactError(f"The atlas {self.path} was built for {m['model']!r}, not {model.name!r}. {fix}")
         for k in _DIMS:
-            if m[k] != getattr(lm, k):
-                raise ArtifactError(f"The atlas {self.path} has {k}={m[k]} but {lm.name} has {getattr(lm, k)}. {fix}")
-        got = torch.tensor(weight_sample(lm))
+            if m[k] != getattr(model, k):
+                raise ArtifactError(f"The atlas {self.path} has {k}={m[k]} but {model.name} has "
+                                    f"{getattr(model, k)}. {fix}")
+        got = torch.tensor(weight_sample(model))
         want = torch.tensor(m.get("weights_sample", []))
         # relative 1%: tolerates bf16/fp16 reloads of the same weights, not other weights
         if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-2, atol=1e-6):
             raise ArtifactError(f"The atlas {self.path} was built from other weights than the loaded "
-                                f"{lm.name} (same name, different values). {fix}")
+                                f"{model.name} (same name, different values). {fix}")
 
     def dims(self) -> dict:
         return {"name": self.meta["model"], **{k: self.meta[k] for k in _DIMS}}

@@ -2,10 +2,10 @@
 them by attribution, sweep the number ablated against a random control, and set a neuron to a
 range of values (dose-response).
 
-    eff = ablate(lm, [(5, 123)], prompts, target=" these", baseline=" this", method="mean")
-    scores = attribute(lm, prompts, target=" these", baseline=" this")   # [layer, d_mlp]
-    curve = ablation_curve(lm, top_neurons(scores, 100), prompts, target=" these", baseline=" this")
-    dose = dose_response(lm, [(5, 123)], prompts, target=" these", values=[-4, 0, 4, 8])
+    eff = ablate(model, [(5, 123)], prompts, target=" these", baseline=" this", method="mean")
+    scores = attribute(model, prompts, target=" these", baseline=" this")   # [layer, d_mlp]
+    curve = ablation_curve(model, top_neurons(scores, 100), prompts, target=" these", baseline=" this")
+    dose = dose_response(model, [(5, 123)], prompts, target=" these", values=[-4, 0, 4, 8])
 
 Metrics are read at the last prompt token (the next-token prediction): the target token's
 probability, the logit difference target - baseline ("LD"), the top-1 token; "judgement flip"
@@ -27,7 +27,9 @@ from torch import Tensor
 from lmscope.datasets.corpus import _prefix_ids, read_texts, token_windows
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Edit, MeanAblate, Resample, Set, Zero
+from lmscope.engine.metrics import kl_from, next_token_logprobs
 from lmscope.engine.model import Model
+from lmscope.engine.results import Result, Table
 
 log = logging.getLogger(__name__)
 
@@ -117,26 +119,8 @@ def last_token_metrics(model: Model, prompts: Sequence[str], *, target: int, bas
     return {k: (torch.cat(v) if v else None) for k, v in out.items()}
 
 
-def neutral_logprobs(model: Model, prompts: Sequence[str], *, edits: Sequence[Edit] = (),
-                     batch_size: int = 16) -> Tensor:
-    """Next-token log-probabilities [n, d_vocab] (CPU float32) of neutral prompts."""
-    return torch.cat([model.run(list(prompts[lo:lo + batch_size]), edits=edits).logits.float().log_softmax(-1).cpu()
-                      for lo in range(0, len(prompts), batch_size)])
-
-
-def kl_from(model: Model, prompts: Sequence[str], clean: Tensor, *, edits: Sequence[Edit],
-            batch_size: int = 16) -> Tensor:
-    """KL(clean || edited) of the next-token distribution per neutral prompt [n]."""
-    kls = []
-    for lo in range(0, len(prompts), batch_size):
-        lq = model.run(list(prompts[lo:lo + batch_size]), edits=edits).logits.float().log_softmax(-1).cpu()
-        lp = clean[lo:lo + batch_size]
-        kls.append((lp.exp() * (lp - lq)).sum(-1))
-    return torch.cat(kls)
-
-
 @dataclass
-class AblationEffect:
+class AblationEffect(Result):
     """Effect of one ablation, averaged over prompts (per-prompt values in `per_prompt`)."""
 
     neurons: list[Neuron]
@@ -161,6 +145,20 @@ class AblationEffect:
         if not per_prompt:
             d.pop("per_prompt")
         return d
+
+    def table(self) -> Table:
+        """Before / after means (what `lmscope neuron ablate` prints; LD = logit(target) - logit(baseline))."""
+        rows = [["mean p(target)", self.p_target_before, self.p_target_after]]
+        if self.ld_before is not None:
+            rows += [["mean logit difference (LD)", self.ld_before, self.ld_after],
+                     ["share preferring the target", self.acc_before, self.acc_after],
+                     ["judgement flips (LD sign)", None, self.judgement_flip_rate]]
+        rows.append(["top-1 token flips", None, self.top1_flip_rate])
+        if self.kl_neutral is not None:
+            rows.append(["KL on neutral prompts", None, self.kl_neutral])
+        return Table(["metric", "before", "after"], rows,
+                     title=f"{self.method} ablation of {len(self.neurons)} neurons on {self.n_prompts} prompts",
+                     formats={"before": ".4g", "after": ".4g"})
 
 
 def effect_of(neurons: Sequence[Neuron], method: str, before: dict, after: dict, kl: Tensor | None) -> AblationEffect:
@@ -208,7 +206,7 @@ def ablate(model: Model, neurons: Sequence[Neuron], prompts: Sequence[str], *, t
     after = last_token_metrics(model, prompts, target=tid, baseline=bid, edits=edits, batch_size=batch_size)
     kl = None
     if neutral:
-        clean = neutral_logprobs(model, neutral, batch_size=batch_size)
+        clean = next_token_logprobs(model, neutral, batch_size=batch_size)
         kl = kl_from(model, neutral, clean, edits=edits, batch_size=batch_size)
     return effect_of(neurons, method, before, after, kl)
 
@@ -263,7 +261,7 @@ def top_neurons(scores: Tensor, n: int, layers: Sequence[int] | None = None, *, 
 # ---- ablation curve with a random control ------------------------------------------------------
 
 @dataclass
-class CurveResult:
+class CurveResult(Result):
     """Effects of ablating the top-k ranked neurons, k = ks, next to k random neurons."""
 
     ks: list[int]
@@ -275,6 +273,23 @@ class CurveResult:
     def to_dict(self) -> dict:
         return {"ks": self.ks, "method": self.method, "n_random": self.n_random,
                 "top": [e.to_dict() for e in self.top], "random": self.random}
+
+    def table(self) -> Table:
+        """Per k: the top-k ablation next to the mean of the random draws (`lmscope neuron ablate --curve`)."""
+        keys = {"delta_ld": ("dLD", "+.3f"), "judgement_flip_rate": ("judgement flips", ".2f"),
+                "top1_flip_rate": ("top-1 flips", ".2f"), "kl_neutral": ("KL", ".3g")}
+        cols, formats = ["k"], {}
+        for name, spec in keys.values():
+            cols += [f"{name} top", f"{name} random"]
+            formats.update({f"{name} top": spec, f"{name} random": spec})
+        rows = []
+        for k, e, r in zip(self.ks, self.top, self.random, strict=True):
+            row = [k]
+            for key in keys:
+                row += [getattr(e, key), r[key]["mean"] if key in r else None]
+            rows.append(row)
+        return Table(cols, rows, title=f"{self.method} ablation of the top-k neurons vs {self.n_random} random draws",
+                     formats=formats, notes=["random: the mean over the draws (to_dict() has the std)."])
 
 
 _CURVE_KEYS = ("delta_ld", "judgement_flip_rate", "top1_flip_rate", "rel_change_p_target", "acc_after", "kl_neutral")
@@ -295,7 +310,7 @@ def ablation_curve(model: Model, ranking: Sequence[Neuron], prompts: Sequence[st
     ref = _as_reference(model, reference, method)
     pool = list(range(model.n_layers)) if pool_layers is None else list(pool_layers)
     before = last_token_metrics(model, prompts, target=tid, baseline=bid, batch_size=batch_size)
-    clean = neutral_logprobs(model, neutral, batch_size=batch_size) if neutral else None
+    clean = next_token_logprobs(model, neutral, batch_size=batch_size) if neutral else None
     gen = torch.Generator().manual_seed(seed)
 
     def measure(neurons: list[Neuron], s: int) -> AblationEffect:
@@ -332,7 +347,7 @@ def ablation_curve(model: Model, ranking: Sequence[Neuron], prompts: Sequence[st
 # ---- dose-response ----------------------------------------------------------------------------
 
 @dataclass
-class DoseResponse:
+class DoseResponse(Result):
     """Target probability (and LD) with the neurons set to each value, next to the clean run
     and the neurons' natural activation range on the same prompts and positions."""
 
@@ -353,6 +368,21 @@ class DoseResponse:
         d = asdict(self)
         d["neurons"] = [list(n) for n in self.neurons]
         return d
+
+    def table(self) -> Table:
+        """p(target) (and p(baseline), LD) per value set (`lmscope neuron dose`)."""
+        pt = f"p({self.target!r})"
+        cols, formats = ["value", pt], {pt: ".4f"}
+        if self.p_baseline is not None:
+            pb = f"p({self.baseline!r})"
+            cols += [pb, "LD"]
+            formats.update({pb: ".4f", "LD": "+.3f"})
+        rows = [[v, self.p_target[i], *([self.p_baseline[i], self.ld[i]] if self.p_baseline is not None else [])]
+                for i, v in enumerate(self.values)]
+        nat = self.natural
+        return Table(cols, rows, formats={"value": "g", **formats},
+                     title=f"dose-response; clean p={self.clean_p_target:.4f}; natural range q01 {nat['q01']:.3g} "
+                           f".. q99 {nat['q99']:.3g} (median {nat['q50']:.3g})")
 
 
 def natural_range(model: Model, neurons: Sequence[Neuron], prompts: Sequence[str], *, positions="all",

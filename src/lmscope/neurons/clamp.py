@@ -26,6 +26,7 @@ from lmscope.datasets import shipped
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Set
 from lmscope.engine.model import Model
+from lmscope.engine.results import Result, Table
 
 Neuron = tuple[int, int]  # (layer, neuron)
 
@@ -68,21 +69,21 @@ def parse_neurons(spec: str) -> list[Neuron]:
     return out
 
 
-def _check(lm: Model, neurons: Sequence[Neuron]) -> list[Neuron]:
+def _check(model: Model, neurons: Sequence[Neuron]) -> list[Neuron]:
     """Validate and normalise (negative layers) through the site grammar."""
     out = []
     for layer, n in neurons:
-        site = lm.site(f"layers.{layer}.mlp.neurons[{n}]")
+        site = model.site(f"layers.{layer}.mlp.neurons[{n}]")
         out.append((site.layer, site.units[0]))
     if not out:
         raise InputError("No neurons given; pass at least one LAYER.NEURON.")
     return out
 
 
-def clamp_edits(lm: Model, neurons: Sequence[Neuron], value: float | Sequence[float]) -> list[Set]:
+def clamp_edits(model: Model, neurons: Sequence[Neuron], value: float | Sequence[float]) -> list[Set]:
     """One `Set` edit per layer fixing the given neurons to `value` (one value, or one per
     neuron) at every position, prompt and generated."""
-    neurons = _check(lm, neurons)
+    neurons = _check(model, neurons)
     values = [float(value)] * len(neurons) if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != len(neurons):
         raise InputError(f"{len(values)} values for {len(neurons)} neurons; pass one value or one per neuron.")
@@ -93,16 +94,16 @@ def clamp_edits(lm: Model, neurons: Sequence[Neuron], value: float | Sequence[fl
                 value=torch.tensor([v for _, v in nv]), positions="all") for L, nv in sorted(by_layer.items())]
 
 
-def natural_activation(lm: Model, neurons: Sequence[Neuron], prompts: Sequence[str], *,
+def natural_activation(model: Model, neurons: Sequence[Neuron], prompts: Sequence[str], *,
                        chat: bool = False) -> list[dict]:
     """Activation range of each neuron over every real token of `prompts`:
     [{"layer", "neuron", "max", "min", "mean", "abs_max"}]."""
-    neurons = _check(lm, neurons)
+    neurons = _check(model, neurons)
     by_layer: dict[int, list[int]] = defaultdict(list)
     for layer, n in neurons:
         by_layer[layer].append(n)
     sites = {L: f"layers.{L}.mlp.neurons[{','.join(map(str, ns))}]" for L, ns in by_layer.items()}
-    res = lm.run(list(prompts), capture=list(sites.values()), logits=None, chat=chat)
+    res = model.run(list(prompts), capture=list(sites.values()), logits=None, chat=chat)
     mask = res.batch.attention_mask.bool()  # [batch, pos]
     stats = {}
     for L, site in sites.items():
@@ -114,15 +115,15 @@ def natural_activation(lm: Model, neurons: Sequence[Neuron], prompts: Sequence[s
     return [stats[x] for x in neurons]
 
 
-def random_controls(lm: Model, neurons: Sequence[Neuron], *, seed: int = 0) -> list[Neuron]:
+def random_controls(model: Model, neurons: Sequence[Neuron], *, seed: int = 0) -> list[Neuron]:
     """For each neuron, a random other neuron of the same layer (seeded; no neuron twice)."""
-    neurons = _check(lm, neurons)
+    neurons = _check(model, neurons)
     gen = torch.Generator().manual_seed(seed)
     taken = set(neurons)
     out = []
     for layer, _ in neurons:
         while True:
-            n = int(torch.randint(lm.d_mlp, (1,), generator=gen))
+            n = int(torch.randint(model.d_mlp, (1,), generator=gen))
             if (layer, n) not in taken:
                 break
         taken.add((layer, n))
@@ -130,12 +131,12 @@ def random_controls(lm: Model, neurons: Sequence[Neuron], *, seed: int = 0) -> l
     return out
 
 
-def concept_token_ids(lm: Model, words: Sequence[str]) -> list[int]:
+def concept_token_ids(model: Model, words: Sequence[str]) -> list[int]:
     """Ids of the single-token spellings of `words` (" dog", "dog", " Dog", "Dog")."""
     ids = []
     for w in words:
         for form in (f" {w}", w, f" {w.capitalize()}", w.capitalize()):
-            enc = lm.tokenizer(form, add_special_tokens=False)["input_ids"]
+            enc = model.tokenizer(form, add_special_tokens=False)["input_ids"]
             if len(enc) == 1:
                 ids.append(enc[0])
     return sorted(set(ids))
@@ -149,12 +150,12 @@ def concept_hits(texts: Sequence[str], keywords: Sequence[str]) -> list[bool]:
     return [bool(pat.search(t)) for t in texts]
 
 
-def next_token_prob(lm: Model, prompts: Sequence[str], token_ids: Sequence[int], *, edits=(),
+def next_token_prob(model: Model, prompts: Sequence[str], token_ids: Sequence[int], *, edits=(),
                     chat: bool = False) -> Tensor:
     """Probability mass on `token_ids` at the next position of each prompt, float32 [batch]."""
     if not token_ids:
         raise InputError("No concept tokens: none of the words is a single token of this tokenizer.")
-    res = lm.run(list(prompts), edits=list(edits), chat=chat)  # logits [batch, vocab]
+    res = model.run(list(prompts), edits=list(edits), chat=chat)  # logits [batch, vocab]
     probs = res.logits.float().softmax(-1)
     return probs[:, torch.as_tensor(list(token_ids), device=probs.device)].sum(-1).cpu()
 
@@ -166,12 +167,6 @@ def load_concept(name: str) -> dict:
         if r["concept"] == name:
             return r
     raise InputError(f"Unknown concept {name!r}; known: {', '.join(r['concept'] for r in rows)}.")
-
-
-def neutral_prompts(n: int | None = None) -> list[str]:
-    """Prompts from `lmscope/data/neutral_prompts.jsonl` (the first n)."""
-    rows = shipped.texts("neutral_prompts.jsonl")
-    return rows[:n] if n is not None else rows
 
 
 @dataclass
@@ -187,7 +182,7 @@ class ClampArm:
 
 
 @dataclass
-class ClampReport:
+class ClampReport(Result):
     prompts: list[str]
     keywords: list[str]
     token_ids: list[int]
@@ -204,22 +199,37 @@ class ClampReport:
                 "config": asdict(self.config),
                 "arms": {k: {**asdict(a), "prob_ratio": self.ratio(k)} for k, a in self.arms.items()}}
 
+    def table(self) -> Table:
+        """Per arm: the neurons set, the share of generations with a keyword, and the concept
+        tokens' next-token probability with its ratio to the baseline's."""
+        rows = [[name, ", ".join(f"{a}.{b}" for a, b in arm.neurons) or "none",
+                 ", ".join(f"{v:.3g}" for v in arm.values), arm.concept_rate, arm.concept_prob, self.ratio(name)]
+                for name, arm in self.arms.items()]
+        return Table(["arm", "neurons", "values", "concept rate", "p(concept next)", "x baseline"], rows,
+                     title=f"clamping on {len(self.prompts)} prompts; keywords {self.keywords}",
+                     formats={"concept rate": ".2f", "p(concept next)": ".2e", "x baseline": ".1f"})
 
-def _generate(lm: Model, prompts: list[str], edits, cfg: ClampConfig) -> list[str]:
+    def tables(self) -> list[Table]:
+        texts = Table(["arm", "generation"], [[name, t] for name, arm in self.arms.items() for t in arm.texts],
+                      title="generations", max_rows=12)
+        return [self.table(), texts] if texts.rows else [self.table()]
+
+
+def _generate(model: Model, prompts: list[str], edits, cfg: ClampConfig) -> list[str]:
     many = [p for p in prompts for _ in range(cfg.n_samples)]
-    gen = lm.generate(many, edits=edits, max_new_tokens=cfg.max_new_tokens, chat=cfg.chat,
+    gen = model.generate(many, edits=edits, max_new_tokens=cfg.max_new_tokens, chat=cfg.chat,
                       do_sample=cfg.do_sample, temperature=cfg.temperature, seed=cfg.seed)
     return gen.texts
 
 
-def clamp_experiment(lm: Model, neurons: Sequence[Neuron], *, value: float | Sequence[float],
+def clamp_experiment(model: Model, neurons: Sequence[Neuron], *, value: float | Sequence[float],
                      prompts: Sequence[str], keywords: Sequence[str] = (), concept_words: Sequence[str] = (),
                      control: bool = True, generate: bool = True,
                      config: ClampConfig = ClampConfig()) -> ClampReport:
     """Clamp `neurons` to `value` and compare with the baseline and a random-neuron control.
 
     Args:
-        lm: The model.
+        model: The model.
         neurons: [(layer, neuron)] to clamp.
         value: One value for all, or one per neuron.
         prompts: Prompts to generate from.
@@ -230,42 +240,21 @@ def clamp_experiment(lm: Model, neurons: Sequence[Neuron], *, value: float | Seq
         generate: Generate (False: next-token probabilities only, much faster).
         config: Generation settings.
     """
-    neurons = _check(lm, neurons)
+    neurons = _check(model, neurons)
     prompts = list(prompts)
     values = [float(value)] * len(neurons) if isinstance(value, (int, float)) else [float(v) for v in value]
-    token_ids = concept_token_ids(lm, list(concept_words or keywords))
+    token_ids = concept_token_ids(model, list(concept_words or keywords))
     arms = {"baseline": ClampArm("baseline", [], []), "clamped": ClampArm("clamped", neurons, values)}
     if control:
-        arms["control"] = ClampArm("control", random_controls(lm, neurons, seed=config.seed), values)
+        arms["control"] = ClampArm("control", random_controls(model, neurons, seed=config.seed), values)
     for arm in arms.values():
-        edits = clamp_edits(lm, arm.neurons, arm.values) if arm.neurons else []
+        edits = clamp_edits(model, arm.neurons, arm.values) if arm.neurons else []
         if token_ids:
-            arm.concept_prob = float(next_token_prob(lm, prompts, token_ids, edits=edits, chat=config.chat).mean())
+            arm.concept_prob = float(next_token_prob(model, prompts, token_ids, edits=edits, chat=config.chat).mean())
         if generate:
-            arm.texts = _generate(lm, prompts, edits, config)
+            arm.texts = _generate(model, prompts, edits, config)
             if keywords:
                 hits = concept_hits(arm.texts, keywords)
                 arm.concept_rate = sum(hits) / len(hits)
     return ClampReport(prompts, list(keywords), token_ids, arms, config)
 
-
-def plot_clamp(report: ClampReport, path) -> None:
-    """PNG: concept rate in generations and next-token probability ratio, per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(report.arms)
-    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), dpi=120)
-    rates = [report.arms[n].concept_rate or 0.0 for n in names]
-    axes[0].bar(names, rates, color=["grey", "tab:red", "tab:blue"][: len(names)])
-    axes[0].set_ylim(0, 1)
-    axes[0].set_title("concept in generations", fontsize=9)
-    ratios = [report.ratio(n) or 0.0 for n in names]
-    axes[1].bar(names, ratios, color=["grey", "tab:red", "tab:blue"][: len(names)])
-    axes[1].set_yscale("log")
-    axes[1].set_title("p(concept token next) / baseline", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -1,7 +1,7 @@
 """What one neuron does, part 2: which neurons correlate with a labelled behaviour.
 
     texts, labels = load_labelled("data.jsonl")     # {"text", "label"} rows, or agreement pairs
-    corr = correlate(lm, texts, labels)              # every layer, last token
+    corr = correlate(model, texts, labels)           # every layer, last token
     corr.ranked(n=20)                                # by |AUROC - 0.5|, with the means
     corr.null_auroc_dev                              # the same statistic with shuffled labels
 
@@ -26,6 +26,7 @@ from lmscope.datasets import files as textfiles
 from lmscope.datasets.corpus import _prefix_ids
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
+from lmscope.engine.results import Result, Table
 from lmscope.neurons.recording import neuron_kind
 
 _TRUE = {"1", "true", "yes", "present", "positive"}
@@ -82,7 +83,7 @@ def auroc(x: Tensor, labels: Tensor) -> Tensor:
 
 
 @dataclass
-class CorrelationResult:
+class CorrelationResult(Result):
     """Per-neuron association with a binary label. Tensors are [n_layers_scored, d_mlp]."""
 
     layers: list[int]
@@ -117,6 +118,23 @@ class CorrelationResult:
                         "mean_present": float(self.mean_present[li, u]), "mean_absent": float(self.mean_absent[li, u]),
                         "diff": float(self.diff[li, u]), "d": float(self.diff[li, u] / max(float(self.std_pooled[li, u]), 1e-6))})
         return out
+
+    def to_dict(self, n: int = 20, by: str = "auroc", sign: str = "both") -> dict:
+        """The counts, the shuffled-label null and the top `n` neurons (`ranked`); not the full
+        [layer, d_mlp] tensors."""
+        return {"kind": self.kind, "reduce": self.reduce, "layers": self.layers, "n_present": self.n_present,
+                "n_absent": self.n_absent, "null_auroc_dev": self.null_auroc_dev, "by": by, "sign": sign,
+                "top": self.ranked(n, by=by, sign=sign)}
+
+    def table(self, n: int = 20, by: str = "auroc", sign: str = "both") -> Table:
+        """The top `n` neurons (`ranked`), as `lmscope neuron correlate` prints them."""
+        cols = ["layer", "neuron", "auroc", "mean_present", "mean_absent", "diff", "d"]
+        return Table(["layer", "neuron", "AUROC", "mean present", "mean absent", "diff", "d"],
+                     [[r[c] for c in cols] for r in self.ranked(n, by=by, sign=sign)],
+                     title=f"{self.n_present} present / {self.n_absent} absent ({self.reduce} token, {self.kind}); "
+                           f"shuffled-label null: |AUROC-0.5| up to {self.null_auroc_dev:.3f}",
+                     formats={"AUROC": ".3f", "mean present": ".3f", "mean absent": ".3f", "diff": "+.3f",
+                              "d": "+.2f"})
 
 
 def neuron_activations(model: Model, texts: Sequence[str], layers: Sequence[int], *, kind: str = "neurons",

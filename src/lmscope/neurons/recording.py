@@ -1,10 +1,10 @@
 """What one neuron does, part 1: record a neuron's activations over a corpus, its statistics
 and max-activating examples, and which neurons correlate with a labelled behaviour.
 
-    rec = record(lm, "layers.5.mlp.neurons", corpus=None, config=RecordConfig(max_tokens=100_000))
+    rec = record(model, "layers.5.mlp.neurons", corpus=None, config=RecordConfig(max_tokens=100_000))
     rec.neuron_stats(5, 123)          # mean, std, share > 0, max, quantiles
-    rec.examples(5, 123, lm.tokenizer)   # top-k contexts, each token with its activation
-    rec.save("l5.safetensors", lm); NeuronRecording.load("l5.safetensors", model=lm)
+    rec.examples(5, 123, model.tokenizer)   # top-k contexts, each token with its activation
+    rec.save("l5.safetensors", model); NeuronRecording.load("l5.safetensors", model=model)
 
 A neuron is a unit of `layers.L.mlp.neurons` (the input of the down projection,
 act(gate) * up), or of the pre-activations `mlp.gate` / `mlp.up`. Recording uses
@@ -29,6 +29,7 @@ from torch import Tensor
 from lmscope.datasets.corpus import TokenWindows, read_texts, token_windows
 from lmscope.engine.errors import InputError, SiteError
 from lmscope.engine.model import Model
+from lmscope.engine.results import Result, Table
 from lmscope.engine.sites import Site
 from lmscope.neurons.stats import NeuronStats, TopContexts
 
@@ -138,7 +139,7 @@ class Example:
 
 
 @dataclass
-class NeuronRecording:
+class NeuronRecording(Result):
     """A recording of neuron activations over a corpus (see `record`)."""
 
     model: str
@@ -203,6 +204,20 @@ class NeuronRecording:
             "n_tokens": self.n_tokens, "n_windows": self.n_windows, "seconds": round(self.seconds, 3),
             "tokens_per_s": round(self.tokens_per_s, 1), "corpus": self.corpus, "config": asdict(self.config),
         }
+
+    def to_dict(self) -> dict:
+        """`summary()`: counts and throughput (the statistics stay in the artifact, `save`)."""
+        return self.summary()
+
+    def table(self) -> Table:
+        """One row per recorded site: its neurons and their activation range."""
+        rows = [[name, r.site.kind, r.site.layer, len(r.units), float(r.stats.min.min()) if len(r.units) else None,
+                 float(r.stats.max.max()) if len(r.units) else None] for name, r in self.sites.items()]
+        s = self.summary()
+        return Table(["site", "kind", "layer", "neurons", "min activation", "max activation"], rows,
+                     title=f"{self.model}: {s['n_neurons']} neurons in {len(self.sites)} sites over {self.n_tokens} "
+                           f"tokens in {self.seconds:.1f} s ({self.tokens_per_s:.0f} tokens/s)",
+                     formats={"min activation": ".4g", "max activation": ".4g"})
 
     def save(self, path: str | os.PathLike, model: Model) -> Path:
         """Write a `neuron_recording` artifact (safetensors + sidecar; no pickling)."""

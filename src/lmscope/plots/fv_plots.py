@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._mpl import pyplot, save
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 _plt = pyplot
 
 
-def _save(fig, path) -> str:
-    return str(save(fig, path, bbox_tight=True))
+def _save(fig, path) -> Path:
+    return save(fig, path, bbox_tight=True)
 
 
 def _sweep_axes(ax, sw: LayerSweep, title: str | None = None) -> None:
@@ -43,7 +44,7 @@ def _sweep_axes(ax, sw: LayerSweep, title: str | None = None) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_layer_sweep(sweep: LayerSweep, path, *, title: str | None = None) -> str:
+def plot_layer_sweep(sweep: LayerSweep, path, *, title: str | None = None) -> Path:
     """Accuracy vs layer for one task, with zero-shot / few-shot lines and the random control."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -53,7 +54,7 @@ def plot_layer_sweep(sweep: LayerSweep, path, *, title: str | None = None) -> st
     return _save(fig, path)
 
 
-def plot_tasks(sweeps: Sequence[LayerSweep], path, *, title: str | None = None) -> str:
+def plot_tasks(sweeps: Sequence[LayerSweep], path, *, title: str | None = None) -> Path:
     """One panel per task, shared axes."""
     plt = _plt()
     n = len(sweeps)
@@ -71,7 +72,7 @@ def plot_tasks(sweeps: Sequence[LayerSweep], path, *, title: str | None = None) 
     return _save(fig, path)
 
 
-def plot_composition(comp: Composition, path, *, title: str | None = None) -> str:
+def plot_composition(comp: Composition, path, *, title: str | None = None) -> Path:
     """Accuracy on the composed task vs layer: composed, singles, direct, random; ICL lines."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -95,7 +96,7 @@ def plot_composition(comp: Composition, path, *, title: str | None = None) -> st
     return _save(fig, path)
 
 
-def plot_head_aie(aie, heads: Sequence[Sequence], path, *, title: str | None = None) -> str:
+def plot_head_aie(aie, heads: Sequence[Sequence], path, *, title: str | None = None) -> Path:
     """Heatmap of the average indirect effect [layer, head]; the chosen heads are boxed."""
     import numpy as np
 

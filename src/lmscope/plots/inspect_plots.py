@@ -26,9 +26,6 @@ def _int_ticks():
     return MaxNLocator(integer=True)
 
 
-_save = save
-
-
 def _what(attr: Attribution) -> str:
     return f"logit({attr.target!r})" + (f" - logit({attr.baseline!r})" if attr.baseline is not None else "")
 
@@ -50,7 +47,7 @@ def plot_dla_layers(attr: Attribution, path, row: int = 0) -> Path:
     d = attr.decomposition
     ax.set_title(f"{d.model}: DLA to {_what(attr)} (frozen final-norm scale)\n{d.prompts[row]!r}", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_head_heatmap(attr: Attribution, path, row: int = 0) -> Path:
@@ -65,7 +62,7 @@ def plot_head_heatmap(attr: Attribution, path, row: int = 0) -> Path:
     ax.set_xticks(range(m.shape[1]))
     ax.set_title(f"head DLA to {_what(attr)}", fontsize=9)
     fig.colorbar(im, ax=ax)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_token_edit(res: TokenEditResult, path) -> Path:
@@ -80,7 +77,7 @@ def plot_token_edit(res: TokenEditResult, path) -> Path:
     ax.set_ylabel("next-token probability")
     ax.set_title(f"token edit at layers.{res.layer}.resid_post, position {res.position}", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_identity_sweep(sw: IdentitySweep, path) -> Path:
@@ -97,7 +94,7 @@ def plot_identity_sweep(sw: IdentitySweep, path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{sw.model}: next-token decoding, {sw.n} positions", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_entity_sweep(sw: EntitySweep, path) -> Path:
@@ -113,7 +110,7 @@ def plot_entity_sweep(sw: EntitySweep, path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{sw.model}: entity description, {sw.n} entities", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_backpatch(res: BackpatchResult, path) -> Path:
@@ -133,8 +130,4 @@ def plot_backpatch(res: BackpatchResult, path) -> Path:
         ax.set_title(f"{name} (n={res.counts['cases']}; fixed by any pair {oracles[name]:.2f})", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share fixed")
     fig.suptitle(f"{res.model}: back-patching, criterion {res.criterion}", fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)  # constrained layout: save leaves it alone

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._mpl import pyplot, save
+from ._mpl import pyplot, save, save_text
 
 if TYPE_CHECKING:
     from lmscope.lens.latent import LatentLanguageResult
@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 
 
 _plt = pyplot
-
-
-_save = save
 
 
 def _int_layers(ax) -> None:
@@ -57,7 +54,7 @@ def plot_lens_heatmap(result: LensResult, path) -> Path:
     ax.set_ylabel("layer (resid_post)")
     ax.set_title(f"{result.model}: {result.lens} lens, top-1 prediction per cell", fontsize=9)
     fig.colorbar(im, ax=ax, label="top-1 probability", fraction=0.03)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_target_probs(result: LensResult, path, *, position: int = -1) -> Path:
@@ -77,7 +74,7 @@ def plot_target_probs(result: LensResult, path, *, position: int = -1) -> Path:
     ax.grid(alpha=0.3)
     if result.targets:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 _HTML = """<!doctype html>
@@ -140,10 +137,7 @@ def lens_html(result: LensResult, path) -> Path:
     data = json.dumps({"tokens": result.tokens, "layers": result.layers, "cells": cells}, ensure_ascii=False)
     data = data.replace("</", "<\\/")  # a token like "</script>" must not end the script
     title = html.escape(f"{result.model}: {result.lens} lens of {result.prompt!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_HTML % {"title": title, "data": data}, encoding="utf-8")
-    return path
+    return save_text(_HTML % {"title": title, "data": data}, path)
 
 
 def plot_kl_comparison(cmp: LensComparison, path) -> Path:
@@ -164,7 +158,7 @@ def plot_kl_comparison(cmp: LensComparison, path) -> Path:
                  f"{cmp.logit.n_positions} positions of {cmp.text}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_latent_language(result: LatentLanguageResult, path) -> Path:
@@ -185,4 +179,4 @@ def plot_latent_language(result: LatentLanguageResult, path) -> Path:
                  f"accuracy {result.accuracy:.0%}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)

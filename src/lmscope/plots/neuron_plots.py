@@ -1,5 +1,6 @@
 """Neuron figures: max-activating examples as a self-contained HTML page, the ablation curve
-(top-k vs random neurons) and the dose-response line with the natural range shaded."""
+(top-k vs random neurons), the dose-response line with the natural range shaded, the clamping
+experiment's arms, and the agreement of two neuron atlases."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ._mpl import pyplot
+from ._mpl import pyplot, save, save_text
+
+if TYPE_CHECKING:
+    from lmscope.neurons.causal import CurveResult, DoseResponse
+    from lmscope.neurons.clamp import ClampReport
 
 
 def _colour(a: float, scale: float) -> str:
@@ -86,19 +92,18 @@ def examples_html(title: str, examples: Sequence[dict], *, stats: dict | None = 
 
 def write_examples_html(path: str | os.PathLike, title: str, examples: Sequence[dict], **kw) -> Path:
     """Write `examples_html` to a file; returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(examples_html(title, examples, **kw), encoding="utf-8")
-    return p
+    return save_text(examples_html(title, examples, **kw), path)
 
 
 _plt = pyplot
 
 
-def plot_ablation_curve(curve: dict, path: str | os.PathLike, *, title: str = "") -> Path:
+def plot_ablation_curve(curve: CurveResult | dict, path: str | os.PathLike, *, title: str = "") -> Path:
     """Two panels over k: change of the logit difference, and judgement / top-1 flip rates, for
-    the top-k ranked neurons (solid) and k random neurons (dashed, band = +-1 std)."""
+    the top-k ranked neurons (solid) and k random neurons (dashed, band = +-1 std). `curve` is
+    a `CurveResult` or its `to_dict()`."""
     plt = _plt()
+    curve = curve if isinstance(curve, dict) else curve.to_dict()
     ks = curve["ks"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     panels = [("delta_ld", "delta logit difference"), ("flip", "share of prompts flipped")]
@@ -122,18 +127,15 @@ def plot_ablation_curve(curve: dict, path: str | os.PathLike, *, title: str = ""
         ax.axhline(0, color="grey", lw=0.6)
         ax.legend(fontsize=7)
     fig.suptitle(title or f"{curve['method']} ablation of the top-k neurons vs {curve['n_random']} random draws")
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return save(fig, path)
 
 
-def plot_dose(dose: dict, path: str | os.PathLike, *, title: str = "") -> Path:
+def plot_dose(dose: DoseResponse | dict, path: str | os.PathLike, *, title: str = "") -> Path:
     """p(target) (and p(baseline)) against the value the neurons are set to; the natural
-    activation range (1st-99th percentile) is shaded, the clean run dotted."""
+    activation range (1st-99th percentile) is shaded, the clean run dotted. `dose` is a
+    `DoseResponse` or its `to_dict()`."""
     plt = _plt()
+    dose = dose if isinstance(dose, dict) else dose.to_dict()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     v = dose["values"]
     nat = dose["natural"]
@@ -149,9 +151,35 @@ def plot_dose(dose: dict, path: str | os.PathLike, *, title: str = "") -> Path:
     names = ", ".join(f"{L}.{n}" for L, n in dose["neurons"][:4]) + (" ..." if len(dose["neurons"]) > 4 else "")
     ax.set_title(title or f"dose-response of neuron {names} (positions {dose['positions']})", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return save(fig, path)
+
+
+def plot_clamp(report: ClampReport, path: str | os.PathLike) -> Path:
+    """Per arm (baseline, clamped, control): the share of generations with a keyword, and the
+    concept tokens' next-token probability over the baseline's (log scale)."""
+    plt = _plt()
+    names = list(report.arms)
+    colours = ["grey", "tab:red", "tab:blue"][: len(names)]
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    axes[0].bar(names, [report.arms[n].concept_rate or 0.0 for n in names], color=colours)
+    axes[0].set_ylim(0, 1)
+    axes[0].set_title("concept in generations", fontsize=9)
+    axes[1].bar(names, [report.ratio(n) or 0.0 for n in names], color=colours)
+    axes[1].set_yscale("log")
+    axes[1].set_title("p(concept token next) / baseline", fontsize=9)
+    return save(fig, path)
+
+
+def plot_atlas_comparison(result: dict, path: str | os.PathLike) -> Path:
+    """`lmscope.neurons.atlas.compare_atlases` output: the share of neurons with the same top
+    token per layer, one line per kind."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for kind, r in result["kinds"].items():
+        ax.plot(result["layers"], r["per_layer"], marker="o", ms=3, label=f"{kind} (overall {r['overall']:.2f})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("same top token")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{result['a']} vs {result['b']}", fontsize=9)
+    ax.legend(fontsize=8)
+    return save(fig, path)

@@ -3,6 +3,7 @@ per-layer profile of a vector (relative norm, held-out separation). PNG via matp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._mpl import pyplot, save
@@ -15,11 +16,11 @@ if TYPE_CHECKING:
 _plt = pyplot
 
 
-def _save(fig, path) -> str:
-    return str(save(fig, path, bbox_tight=True))
+def _save(fig, path) -> Path:
+    return save(fig, path, bbox_tight=True)
 
 
-def plot_sweep(result: SweepResult, path, *, title: str | None = None) -> str:
+def plot_sweep(result: SweepResult, path, *, title: str | None = None) -> Path:
     """Two heatmaps over layers x coefficients: the behaviour change (score - base) and the KL
     on neutral prompts. Inadmissible cells (KL or repetition over the limits) are hatched; the
     recommended cell is outlined."""
@@ -62,7 +63,7 @@ def plot_sweep(result: SweepResult, path, *, title: str | None = None) -> str:
     return _save(fig, path)
 
 
-def plot_verify(report: VerifyReport, path, *, title: str | None = None) -> str:
+def plot_verify(report: VerifyReport, path, *, title: str | None = None) -> Path:
     """Bars: base / +vector / +random on prompts without the behaviour, and base / -vector /
     -random on prompts with it; each random seed is a dot."""
     plt = _plt()
@@ -92,7 +93,7 @@ def plot_verify(report: VerifyReport, path, *, title: str | None = None) -> str:
     return _save(fig, path)
 
 
-def plot_layers(vector: Vector, path, *, title: str | None = None) -> str:
+def plot_layers(vector: Vector, path, *, title: str | None = None) -> Path:
     """Per layer: |v| / typical residual norm, and held-out separation AUC when recorded."""
     plt = _plt()
     layers = vector.layers

@@ -15,7 +15,7 @@ Modes:
                and every position; so no residual state (resid_pre/mid/post) of any layer keeps a
                component along u. The coefficient is unused.
 
-Sections: edits; behaviour metrics and tasks (what to score, on which held-out prompts);
+Sections: edits; behaviour metrics and `Behaviour`s (what to score, on which held-out prompts);
 side effects (KL on neutral prompts, repetition of short generations); `sweep` over layers x
 coefficients with a documented recommendation rule; `verify` next to random controls.
 """
@@ -31,6 +31,8 @@ import torch
 
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Add, Edit, ProjectOut
+from lmscope.engine.metrics import kl_from, next_token_logprobs
+from lmscope.engine.results import Result, Table
 from lmscope.vectors.vector import Vector
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ def raw_scale(vector: Vector, layer: int | None, coef: float, *, relative: bool 
     if not norms.get(lay):
         raise InputError(
             f"The vector has no typical residual norm for layer {lay}, so a relative coefficient is undefined. "
-            "Use relative=False (raw scale) or `with_resid_norms(lm, vector)` to measure it."
+            "Use relative=False (raw scale) or `with_resid_norms(model, vector)` to measure it."
         )
     vn = float(vector[lay].norm())
     if vn == 0.0:
@@ -99,15 +101,15 @@ def random_vector(vector: Vector, layer: int, seed: int = 0) -> Vector:
                   meta={"seed": seed, "resid_norms": v.meta.get("resid_norms", {})})
 
 
-def with_resid_norms(lm: Model, vector: Vector, prompts: Sequence[str] | None = None) -> Vector:
+def with_resid_norms(model: Model, vector: Vector, prompts: Sequence[str] | None = None) -> Vector:
     """The vector with `resid_norms` measured on neutral prompts (last token) where it lacks them."""
     if vector.resid_norms and all(k in vector.resid_norms for k in vector.layers):
         return vector
-    from lmscope.datasets.contrast import load_texts
+    from lmscope.datasets.shipped import neutral_prompts
 
-    prompts = list(prompts) if prompts else load_texts("neutral_prompts", n=16)
+    prompts = list(prompts) if prompts else neutral_prompts(16)
     names = [vector.site_name(lay) for lay in vector.layers]
-    res = lm.run(prompts, capture=names, positions="last", logits=None)
+    res = model.run(prompts, capture=names, positions="last", logits=None)
     norms = {lay: float(res.cache[n].float().norm(dim=-1).mean()) for lay, n in zip(vector.layers, names, strict=True)}
     return Vector({k: vector[k] for k in vector.layers}, model=vector.model, site=vector.site, method=vector.method,
                   meta={**vector.meta, "resid_norms": {**vector.resid_norms, **norms}})
@@ -125,33 +127,21 @@ WEDDING_WORDS = (" wedding", " bride", " groom", " marriage", " married", " cere
                  " engagement", " engaged", " spouse", " wed", " brides", " weddings")
 
 
-def word_ids(lm: Model, words: Sequence[str]) -> list[int]:
+def word_ids(model: Model, words: Sequence[str]) -> list[int]:
     """Ids of the words that are one token in this tokenizer (multi-token words are dropped:
     their first piece is often a generic fragment)."""
     ids = set()
     for w in words:
-        t = lm.tokenizer(w, add_special_tokens=False)["input_ids"]
+        t = model.tokenizer(w, add_special_tokens=False)["input_ids"]
         if len(t) == 1:
             ids.add(int(t[0]))
     if not ids:
-        raise InputError(f"None of the words {list(words)[:5]}... is a single token for {lm.name}; pass other words.")
+        raise InputError(f"None of the words {list(words)[:5]}... is a single token for {model.name}; "
+                         "pass other words.")
     return sorted(ids)
 
 
-def _chunks(xs: Sequence, n: int):
-    for i in range(0, len(xs), n):
-        yield list(xs[i:i + n])
-
-
-def next_token_logprobs(lm: Model, prompts: Sequence[str], *, chat: bool = False, edits: Sequence[Edit] = (),
-                        batch_size: int = 16) -> torch.Tensor:
-    """Log-probabilities of the next token, `[n, d_vocab]` float32 on the CPU."""
-    out = [lm.run(c, edits=edits, chat=chat, logits="last").logits.float().log_softmax(-1).cpu()
-           for c in _chunks(prompts, batch_size)]
-    return torch.cat(out)
-
-
-def sequence_logprobs(lm: Model, texts: Sequence[str], *, prompts: Sequence[str] | None = None, chat: bool = False,
+def sequence_logprobs(model: Model, texts: Sequence[str], *, prompts: Sequence[str] | None = None, chat: bool = False,
                       edits: Sequence[Edit] = (), batch_size: int = 8) -> torch.Tensor:
     """Sum of token log-probabilities `[n]`: of each completion after its prompt (chat template
     when `chat`), or of each whole text after its first token (`prompts=None`; plain text).
@@ -167,13 +157,13 @@ def sequence_logprobs(lm: Model, texts: Sequence[str], *, prompts: Sequence[str]
     for s in range(0, len(texts), batch_size):
         chunk = list(texts[s:s + batch_size])
         if prompts is not None:
-            pairs = [join_completion(lm, p, c, chat) for p, c in zip(prompts[s:s + batch_size], chunk, strict=True)]
-            n_ans = [n_tokens(lm, f, special=special) - n_tokens(lm, p, special=special) for p, f in pairs]
+            pairs = [join_completion(model, p, c, chat) for p, c in zip(prompts[s:s + batch_size], chunk, strict=True)]
+            n_ans = [n_tokens(model, f, special=special) - n_tokens(model, p, special=special) for p, f in pairs]
             full = [f for _, f in pairs]
         else:
-            full, n_ans = chunk, [n_tokens(lm, t, special=True) for t in chunk]
-        batch = encode(lm, full, special=special)
-        res = lm.run(batch, capture=["final_norm"], edits=edits, logits=None)
+            full, n_ans = chunk, [n_tokens(model, t, special=True) for t in chunk]
+        batch = encode(model, full, special=special)
+        res = model.run(batch, capture=["final_norm"], edits=edits, logits=None)
         h = res.cache["final_norm"]  # [b, P, d]
         width = h.shape[1]
         rows, cols, tgt, owner = [], [], [], []
@@ -189,7 +179,7 @@ def sequence_logprobs(lm: Model, texts: Sequence[str], *, prompts: Sequence[str]
         lp = torch.empty(len(rows_t))
         with torch.inference_mode():
             for a in range(0, len(rows_t), 64):
-                logits = logits_from_normed(lm, picked[a:a + 64]).float().log_softmax(-1).cpu()  # [<=64, V]
+                logits = logits_from_normed(model, picked[a:a + 64]).float().log_softmax(-1).cpu()  # [<=64, V]
                 lp[a:a + 64] = logits.gather(1, tgt_t[a:a + 64, None]).squeeze(1)
         out.append(torch.zeros(len(chunk)).index_add_(0, owner_t, lp))
     return torch.cat(out)
@@ -214,12 +204,12 @@ class TokenMetric:
     chat: bool = False
     name: str = "p(words)"
 
-    def __call__(self, lm: Model, edits: Sequence[Edit] = ()) -> dict:
-        lp = next_token_logprobs(lm, self.prompts, chat=self.chat, edits=edits)  # [n, V]
-        pw = lp[:, word_ids(lm, self.words)].exp().sum(-1)  # [n]
+    def __call__(self, model: Model, edits: Sequence[Edit] = ()) -> dict:
+        lp = next_token_logprobs(model, self.prompts, chat=self.chat, edits=edits)  # [n, V]
+        pw = lp[:, word_ids(model, self.words)].exp().sum(-1)  # [n]
         out = {"score": float(pw.mean()), "p_words": float(pw.mean())}
         if self.against:
-            pa = lp[:, word_ids(lm, self.against)].exp().sum(-1)
+            pa = lp[:, word_ids(model, self.against)].exp().sum(-1)
             ratio = pw.clamp_min(1e-30).log() - pa.clamp_min(1e-30).log()
             out.update(score=float(ratio.mean()), p_against=float(pa.mean()))
         return out
@@ -241,9 +231,9 @@ class LoglikMetric:
     probability: bool = False
     name: str = "log p(pos) - log p(neg)"
 
-    def __call__(self, lm: Model, edits: Sequence[Edit] = ()) -> dict:
-        lp = sequence_logprobs(lm, self.positive, prompts=self.prompts, chat=self.chat, edits=edits)
-        ln = sequence_logprobs(lm, self.negative, prompts=self.prompts, chat=self.chat, edits=edits)
+    def __call__(self, model: Model, edits: Sequence[Edit] = ()) -> dict:
+        lp = sequence_logprobs(model, self.positive, prompts=self.prompts, chat=self.chat, edits=edits)
+        ln = sequence_logprobs(model, self.negative, prompts=self.prompts, chat=self.chat, edits=edits)
         d = lp - ln
         out = {"logprob_diff": float(d.mean()), "accuracy": float((d > 0).float().mean()),
                "p_positive": float(torch.sigmoid(d).mean())}
@@ -255,11 +245,11 @@ Metric = TokenMetric | LoglikMetric
 
 
 @dataclass(frozen=True, kw_only=True)
-class Task:
-    """A behaviour to score.
+class Behaviour:
+    """A behaviour to score, and where (not an in-context task: that is `datasets.icl.Task`).
 
     Attributes:
-        name: Task name.
+        name: Its name ("refusal", "sentiment", ...: `TASKS`).
         absent: Metric on held-out prompts without the behaviour (adding should raise it).
         present: Metric on held-out prompts with it (subtracting/ablating should lower it).
         neutral: Prompts for side effects (KL, repetition), disjoint from the metric prompts.
@@ -292,8 +282,8 @@ def default_task(dataset_name: str) -> str:
 
 
 def make_task(name: str, *, data=None, held_out: float = 0.25, seed: int = 0, n_eval: int = 16,
-              n_neutral: int = 16, chat: bool | None = None) -> Task:
-    """Build a task from the held-out part of its data.
+              n_neutral: int = 16, chat: bool | None = None) -> Behaviour:
+    """Build the `Behaviour` of a named task from the held-out part of its data.
 
     Args:
         name: "refusal" (p of refusal-start tokens; harmless vs harmful instructions from
@@ -311,12 +301,13 @@ def make_task(name: str, *, data=None, held_out: float = 0.25, seed: int = 0, n_
     """
     import random
 
-    from lmscope.datasets.contrast import load_contrast, load_texts
+    from lmscope.datasets.contrast import load_contrast
+    from lmscope.datasets.shipped import neutral_prompts
 
     if name not in TASKS:
         raise InputError(f"Unknown task {name!r}; known: {', '.join(TASKS)}.")
     chat = (name in CHAT_TASKS) if chat is None else chat
-    neutral = load_texts("neutral_prompts")
+    neutral = neutral_prompts()
     random.Random(seed).shuffle(neutral)
     half = len(neutral) // 2
     beh_neutral, side = tuple(neutral[:half][:n_eval]), tuple(neutral[half:][:n_neutral])
@@ -345,15 +336,10 @@ def make_task(name: str, *, data=None, held_out: float = 0.25, seed: int = 0, n_
         def mk(ps):
             return TokenMetric(prompts=ps, words=WEDDING_WORDS, chat=chat, name="p(wedding words)")
         absent, present = mk(beh_neutral), mk(test.positive)
-    return Task(name=name, absent=absent, present=present, neutral=side, chat=chat)
+    return Behaviour(name=name, absent=absent, present=present, neutral=side, chat=chat)
 
 
 # ---- side effects -------------------------------------------------------------------------------
-def kl_from_base(base_lp: torch.Tensor, lp: torch.Tensor) -> float:
-    """Mean KL(base || steered) of next-token distributions `[n, V]` (nats)."""
-    return float((base_lp.exp() * (base_lp - lp)).sum(-1).mean())
-
-
 def repetition(token_lists: Sequence[Sequence[int]], n: int = 3) -> float:
     """Share of repeated n-grams: mean over texts of 1 - distinct / total n-grams (texts with
     fewer than n + 1 tokens are skipped; 0 when none is long enough)."""
@@ -365,11 +351,11 @@ def repetition(token_lists: Sequence[Sequence[int]], n: int = 3) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
-def generation_repetition(lm: Model, prompts: Sequence[str], *, chat: bool, edits: Sequence[Edit] = (),
+def generation_repetition(model: Model, prompts: Sequence[str], *, chat: bool, edits: Sequence[Edit] = (),
                           max_new_tokens: int = 16, n: int = 3) -> tuple[float, list[str]]:
     """Greedy short generations and their repeated-n-gram share."""
-    gen = lm.generate(list(prompts), edits=edits, max_new_tokens=max_new_tokens, chat=chat)
-    stop = {lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id} - {None}
+    gen = model.generate(list(prompts), edits=edits, max_new_tokens=max_new_tokens, chat=chat)
+    stop = {model.tokenizer.eos_token_id, model.tokenizer.pad_token_id} - {None}
     lists = []
     for row in gen.tokens.tolist():
         cut = next((i for i, t in enumerate(row) if t in stop), len(row))
@@ -435,7 +421,7 @@ RULE = ("Among (layer, coef) with KL(unsteered || steered) <= kl_max on neutral 
 
 
 @dataclass
-class SweepResult:
+class SweepResult(Result):
     """Rows of (layer, coef, raw scale, score, effect = score - base, kl, repetition, admissible),
     the unsteered base, and the recommended setting (None when nothing is admissible)."""
 
@@ -459,8 +445,20 @@ class SweepResult:
         return {"task": self.task, "metric": self.metric, "goal": self.goal, "base": self.base, "rows": self.rows,
                 "recommended": self.recommended, "rule": self.rule, "config": self.config}
 
+    def table(self) -> Table:
+        """Every (layer, coef) with its score, change, KL, repetition and admissibility, and the
+        recommendation (what `lmscope vector sweep` prints)."""
+        rec = self.recommended
+        note = (f"recommended: layer {rec['layer']}, coef {rec['coef']:g} (raw scale {rec['scale']:.4g})" if rec
+                else "no admissible setting moves the behaviour; see the rule in to_dict()")
+        return Table(["layer", "coef", "raw scale", "score", "Δ", "KL", "repetition", "ok"],
+                     [[r["layer"], r["coef"], r["scale"], r["score"], r["effect"], r["kl"], r["repetition"],
+                       "yes" if r["admissible"] else "no"] for r in self.rows],
+                     title=f"{self.task}: {self.metric} (base {self.base['score']:.4g}; goal {self.goal})",
+                     formats={"coef": "g"}, notes=[note])
 
-def sweep(lm: Model, vector: Vector, task: Task, config: SweepConfig | None = None, *,
+
+def sweep(model: Model, vector: Vector, task: Behaviour, config: SweepConfig | None = None, *,
           progress: bool = False, **overrides) -> SweepResult:
     """Score the behaviour and the side effects of adding the vector at each layer x coefficient.
 
@@ -476,28 +474,29 @@ def sweep(lm: Model, vector: Vector, task: Task, config: SweepConfig | None = No
     cfg = config or SweepConfig()
     if overrides:
         cfg = replace(cfg, **overrides)
-    vector.check_model(lm)
-    vector = with_resid_norms(lm, vector)
-    layers = [lay % lm.n_layers for lay in (cfg.layers or default_layers(lm.n_layers))]
+    vector.check_model(model)
+    vector = with_resid_norms(model, vector)
+    layers = [lay % model.n_layers for lay in (cfg.layers or default_layers(model.n_layers))]
     missing = [lay for lay in layers if lay not in vector.layers]
     if missing:
         raise InputError(f"The vector has no layer {missing[0]} (it holds {vector.layers}); choose layers it has.")
     metric = task.absent if cfg.goal == "increase" else task.present
     sign = 1.0 if cfg.goal == "increase" else -1.0
     gen_prompts = task.neutral[:cfg.n_gen]
-    base_score = metric(lm)["score"]
-    base_lp = next_token_logprobs(lm, task.neutral, chat=task.chat)
-    base_rep = (generation_repetition(lm, gen_prompts, chat=task.chat, max_new_tokens=cfg.gen_tokens)[0]
+    base_score = metric(model)["score"]
+    base_lp = next_token_logprobs(model, task.neutral, chat=task.chat)
+    base_rep = (generation_repetition(model, gen_prompts, chat=task.chat, max_new_tokens=cfg.gen_tokens)[0]
                 if cfg.gen_tokens else None)
     rows = []
     grid = [(lay, c) for lay in layers for c in cfg.coefs]
     for lay, c in tqdm(grid, disable=not progress, desc="sweep"):
         edits = steer_edits(vector, lay, c, relative=cfg.relative)
-        sc = metric(lm, edits)["score"]
-        kl = kl_from_base(base_lp, next_token_logprobs(lm, task.neutral, chat=task.chat, edits=edits))
+        sc = metric(model, edits)["score"]
+        kl = float(kl_from(model, task.neutral, base_lp, edits=edits, chat=task.chat).mean())
         rep = None
         if cfg.gen_tokens and kl <= cfg.kl_max:
-            rep = generation_repetition(lm, gen_prompts, chat=task.chat, edits=edits, max_new_tokens=cfg.gen_tokens)[0]
+            rep = generation_repetition(model, gen_prompts, chat=task.chat, edits=edits,
+                                        max_new_tokens=cfg.gen_tokens)[0]
         ok = kl <= cfg.kl_max and (rep is None or base_rep is None or rep <= base_rep + cfg.repetition_margin)
         rows.append({"layer": lay, "coef": float(c), "scale": raw_scale(vector, lay, c, relative=cfg.relative),
                      "score": sc, "effect": sc - base_score, "kl": kl, "repetition": rep, "admissible": ok})
@@ -506,7 +505,7 @@ def sweep(lm: Model, vector: Vector, task: Task, config: SweepConfig | None = No
     best = None
     for r in good[:cfg.random_checks]:
         rnd = random_vector(vector, r["layer"], cfg.seed)
-        r["random_effect"] = metric(lm, steer_edits(rnd, r["layer"], r["coef"], relative=cfg.relative))["score"] \
+        r["random_effect"] = metric(model, steer_edits(rnd, r["layer"], r["coef"], relative=cfg.relative))["score"] \
             - base_score
         if sign * r["effect"] > abs(r["random_effect"]):
             best = r
@@ -518,7 +517,7 @@ def sweep(lm: Model, vector: Vector, task: Task, config: SweepConfig | None = No
 
 # ---- verification ------------------------------------------------------------------------------
 @dataclass
-class VerifyReport:
+class VerifyReport(Result):
     """The lecture's test, next to random controls.
 
     `add` rows are scored on prompts *without* the behaviour (it should appear with +vector),
@@ -584,17 +583,28 @@ class VerifyReport:
                 "add": self.add, "remove": self.remove, "swing": self.swing, "passed": self.passed,
                 "rows": self.rows(), "details": self.details}
 
+    def table(self) -> Table:
+        """The add / remove (/ swing) tests next to the random controls (`lmscope vector verify`)."""
+        kl = self.details.get("kl")
+        notes = [f"KL on neutral prompts when added: vector {kl['vector']:.3g}, random "
+                 + ", ".join(f"{x:.3g}" for x in kl["random"])] if kl else []
+        return Table(["test", "base", "vector", "random (mean)", "Δ vector", "max |Δ random|", "passed"],
+                     [[r["test"], r["base"], r["vector"], r["random"], r["effect"], r["random_effect"], r["passed"]]
+                      for r in self.rows()],
+                     title=f"{self.task}: {self.metric}, layer {self.layer}, coef {self.coef:g}, remove by {self.mode}",
+                     notes=notes)
 
-def verify(lm: Model, vector: Vector, task: Task, *, layer: int, coef: float = 1.0, mode: Mode = "ablate",
+
+def verify(model: Model, vector: Vector, task: Behaviour, *, layer: int, coef: float = 1.0, mode: Mode = "ablate",
            relative: bool = True, n_random: int = 3, seed: int = 0, positions="all",
            side_effects: bool = True, swing: bool = True) -> VerifyReport:
     """Add the vector to prompts without the behaviour and remove it (subtract or ablate) from
     prompts with it; score each next to `n_random` random directions of equal norm.
 
     Args:
-        lm: The model.
+        model: The model.
         vector: The steering vector (its `layer` is used).
-        task: What to score (`lmscope.steering_tasks.make_task`).
+        task: The behaviour to score (`make_task`).
         layer: Layer of the vector to apply.
         coef: Coefficient for adding (and subtracting); relative unless `relative=False`.
         mode: How to remove: "ablate" (directional ablation at every layer) or "subtract".
@@ -614,9 +624,9 @@ def verify(lm: Model, vector: Vector, task: Task, *, layer: int, coef: float = 1
         raise InputError(f"verify removes by 'ablate' or 'subtract', got {mode!r}.")
     if n_random < 1:
         raise InputError("n_random must be at least 1: every effect is reported next to a random control.")
-    vector.check_model(lm)
-    vector = with_resid_norms(lm, vector)
-    layer = layer % lm.n_layers
+    vector.check_model(model)
+    vector = with_resid_norms(model, vector)
+    layer = layer % model.n_layers
     # the random controls use the scale of the real vector (same raw length added)
     s = raw_scale(vector, layer, coef, relative=relative)
     randoms = [random_vector(vector, layer, seed + i) for i in range(n_random)]
@@ -631,23 +641,23 @@ def verify(lm: Model, vector: Vector, task: Task, *, layer: int, coef: float = 1
 
     out = VerifyReport(task=task.name, layer=layer, coef=coef, mode=mode, metric=task.metric_name)
     for key, metric, make in (("add", task.absent, add_edits), ("remove", task.present, remove_edits)):
-        base = metric(lm)
-        vec = metric(lm, make(vector))
-        rnd = [metric(lm, make(r))["score"] for r in randoms]
+        base = metric(model)
+        vec = metric(model, make(vector))
+        rnd = [metric(model, make(r))["score"] for r in randoms]
         getattr(out, key).update(base=base["score"], vector=vec["score"], random=sum(rnd) / len(rnd), random_all=rnd)
         out.details[key] = {"base": base, "vector": vec}
     if swing:
         def neg(v: Vector) -> list[Edit]:
             return [Add(site=v.site_name(layer), vector=v[layer], scale=-s, positions=positions)]
 
-        out.swing = {"vector": out.add["vector"] - task.absent(lm, neg(vector))["score"],
-                     "random_all": [a - task.absent(lm, neg(r))["score"]
+        out.swing = {"vector": out.add["vector"] - task.absent(model, neg(vector))["score"],
+                     "random_all": [a - task.absent(model, neg(r))["score"]
                                     for a, r in zip(out.add["random_all"], randoms, strict=True)]}
     if side_effects:
-        base_lp = next_token_logprobs(lm, task.neutral, chat=task.chat)
+        base_lp = next_token_logprobs(model, task.neutral, chat=task.chat)
 
         def kl(v: Vector) -> float:
-            return kl_from_base(base_lp, next_token_logprobs(lm, task.neutral, chat=task.chat, edits=add_edits(v)))
+            return float(kl_from(model, task.neutral, base_lp, edits=add_edits(v), chat=task.chat).mean())
 
         out.details["kl"] = {"vector": kl(vector), "random": [kl(r) for r in randoms]}
     out.details["raw_scale"] = s

@@ -6,11 +6,11 @@ position, typical residual norms) in `meta`. It is immutable: algebra returns ne
 
     data = load_contrast("sentiment")
     train, test = data.split(held_out=0.25, seed=0)
-    v = extract(lm, train)                      # every layer in one pass
+    v = extract(model, train)                   # every layer in one pass
     v[6]                                        # the [d_model] tensor of layer 6
     (v.at(6) - 0.5 * w.at(6)).normalize()       # algebra; mismatched models/widths raise
-    lm.generate("I feel", edits=[v.edit(6, scale=4.0)])
-    v.save("sentiment.safetensors"); Vector.load("sentiment.safetensors", model=lm)
+    model.generate("I feel", edits=[v.edit(6, scale=4.0)])
+    v.save("sentiment.safetensors"); Vector.load("sentiment.safetensors", model=model)
 
 Extraction reads the site at the chosen position of every item: "last" (last token; for
 completions the last completion token) or "mean" (mean over the completion tokens of a
@@ -32,7 +32,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -66,11 +65,7 @@ class ModelStamp:
     def of(cls, model: Model | ModelStamp) -> ModelStamp:
         if isinstance(model, ModelStamp):
             return model
-        return cls(model.name, model.d_model, model.n_layers, model.spec.family, model.source, model.revision)
-
-    @property
-    def spec(self) -> SimpleNamespace:  # what `save_artifact` reads from a Model
-        return SimpleNamespace(family=self.family)
+        return cls(model.name, model.d_model, model.n_layers, model.family, model.source, model.revision)
 
 
 def _as_scalar(x) -> float | None:
@@ -260,15 +255,15 @@ class Vector:
         lay = self._pick(layer)
         return Add(site=f"layers.{lay}.{self.site}", vector=self._t[lay], scale=scale, positions=positions)
 
-    def top_tokens(self, lm: Model, layer: int | None = None, k: int = 10) -> dict[str, list[dict]]:
+    def top_tokens(self, model: Model, layer: int | None = None, k: int = 10) -> dict[str, list[dict]]:
         """What the direction means in token space: the final norm + unembedding of `v[layer]`
         (`readout.unembed`), its k highest and k lowest logits."""
         from lmscope.engine.readout import unembed
 
-        self.check_model(lm)
+        self.check_model(model)
         with torch.inference_mode():
-            logits = unembed(lm, self[layer]).float().cpu()  # [d_vocab]
-        dec = lm.tokenizer.decode
+            logits = unembed(model, self[layer]).float().cpu()  # [d_vocab]
+        dec = model.tokenizer.decode
 
         def rows(vals, ids):
             return [{"token": dec([int(i)]), "id": int(i), "logit": float(v)} for v, i in zip(vals, ids, strict=True)]
@@ -276,13 +271,13 @@ class Vector:
         hi, lo = logits.topk(k), (-logits).topk(k)
         return {"top": rows(hi.values, hi.indices), "bottom": rows(-lo.values, lo.indices)}
 
-    def check_model(self, lm: Model) -> None:
-        """Raise unless `lm` is the model (name and width) this vector was made for."""
-        if lm.d_model != self.model.d_model:
+    def check_model(self, model: Model) -> None:
+        """Raise unless `model` is the model (name and width) this vector was made for."""
+        if model.d_model != self.model.d_model:
             raise InputError(f"This vector was made for {self.model.name} (d_model {self.model.d_model}); "
-                             f"{lm.name} has d_model {lm.d_model}.")
-        if lm.name != self.model.name:
-            raise InputError(f"This vector was made for {self.model.name!r}, not {lm.name!r}.")
+                             f"{model.name} has d_model {model.d_model}.")
+        if model.name != self.model.name:
+            raise InputError(f"This vector was made for {self.model.name!r}, not {model.name!r}.")
 
     # ---- artifacts ---------------------------------------------------------------------
     def save(self, path) -> str:
@@ -391,29 +386,29 @@ class ExtractConfig:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}.")
 
 
-def join_completion(lm: Model, prompt: str, completion: str, chat: bool) -> tuple[str, str]:
+def join_completion(model: Model, prompt: str, completion: str, chat: bool) -> tuple[str, str]:
     """(prefix, full text) of a prompt + completion: the chat template's assistant turn is
     opened and the completion follows it; without chat the completion goes on a new line."""
-    prefix = lm.format_chat(prompt) if chat else prompt + "\n"
+    prefix = model.format_chat(prompt) if chat else prompt + "\n"
     return prefix, prefix + completion
 
 
-def encode(lm: Model, texts: Sequence[str], *, special: bool) -> Batch:
+def encode(model: Model, texts: Sequence[str], *, special: bool) -> Batch:
     """Left-padded batch of already formatted texts (`special`: let the tokenizer add BOS)."""
     from lmscope.engine.model import Batch
 
-    enc = lm.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=special)
+    enc = model.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=special)
     n = enc["input_ids"].shape[1]
-    if lm.n_ctx and n > lm.n_ctx:
-        raise InputError(f"A text has {n} tokens but {lm.name} takes at most {lm.n_ctx}; shorten it.")
-    return Batch(enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device), list(texts))
+    if model.n_ctx and n > model.n_ctx:
+        raise InputError(f"A text has {n} tokens but {model.name} takes at most {model.n_ctx}; shorten it.")
+    return Batch(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device), list(texts))
 
 
-def n_tokens(lm: Model, text: str, *, special: bool) -> int:
-    return len(lm.tokenizer(text, add_special_tokens=special)["input_ids"])
+def n_tokens(model: Model, text: str, *, special: bool) -> int:
+    return len(model.tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def activations(lm: Model, texts: Sequence[str], cfg: ExtractConfig, *, prompts: Sequence[str] | None = None,
+def activations(model: Model, texts: Sequence[str], cfg: ExtractConfig, *, prompts: Sequence[str] | None = None,
                 progress: bool = False) -> tuple[Tensor, Tensor]:
     """Site activations of every kept layer at the configured position.
 
@@ -427,26 +422,27 @@ def activations(lm: Model, texts: Sequence[str], cfg: ExtractConfig, *, prompts:
     """
     from tqdm.auto import tqdm
 
-    layers = list(cfg.layers) if cfg.layers is not None else list(range(lm.n_layers))
+    layers = list(cfg.layers) if cfg.layers is not None else list(range(model.n_layers))
     names = [f"layers.{lay}.{cfg.site}" for lay in layers]
     special = not cfg.chat
-    specials = set(getattr(lm.tokenizer, "all_special_ids", None) or [])
+    specials = set(getattr(model.tokenizer, "all_special_ids", None) or [])
     acts, norms = [], []
     starts = range(0, len(texts), cfg.batch_size)
     for s in tqdm(starts, disable=not progress, desc="activations", leave=False):
         chunk = list(texts[s:s + cfg.batch_size])
         if prompts is not None:
-            pairs = [join_completion(lm, p, c, cfg.chat) for p, c in zip(prompts[s:s + cfg.batch_size], chunk, strict=True)]
+            pairs = [join_completion(model, p, c, cfg.chat)
+                     for p, c in zip(prompts[s:s + cfg.batch_size], chunk, strict=True)]
             full = [f for _, f in pairs]
-            n_ans = [n_tokens(lm, f, special=special) - n_tokens(lm, p, special=special) for p, f in pairs]
+            n_ans = [n_tokens(model, f, special=special) - n_tokens(model, p, special=special) for p, f in pairs]
             if min(n_ans) < 1:
                 raise InputError(f"A completion adds no tokens after its prompt ({chunk[n_ans.index(min(n_ans))]!r}).")
         else:
-            full = [lm.format_chat(t) for t in chunk] if cfg.chat else chunk
+            full = [model.format_chat(t) for t in chunk] if cfg.chat else chunk
             n_ans = None
-        batch = encode(lm, full, special=special)
+        batch = encode(model, full, special=special)
         pos = "last" if cfg.position == "last" else "all"
-        res = lm.run(batch, capture=names, positions=pos, logits=None)
+        res = model.run(batch, capture=names, positions=pos, logits=None)
         x = torch.stack([res.cache[n] for n in names], 1).float()  # [b, L, d] or [b, L, p, d]
         if cfg.position == "last":
             acts.append(x.cpu())
@@ -491,12 +487,12 @@ def item_weights(data: ContrastSet, balance: bool) -> Tensor:
     return w / w.sum()
 
 
-def extract(lm: Model, data: ContrastSet, config: ExtractConfig | None = None, *, progress: bool = False,
+def extract(model: Model, data: ContrastSet, config: ExtractConfig | None = None, *, progress: bool = False,
             **overrides) -> Vector:
     """A contrastive vector at every (kept) layer from one pass over the data.
 
     Args:
-        lm: The model.
+        model: The model.
         data: A ContrastSet (pairs, completions, or unpaired sets; pca needs pairs).
         config: ExtractConfig; keyword overrides (`method="pca"`, `chat=True`...) build one.
         progress: Show a progress bar.
@@ -511,10 +507,10 @@ def extract(lm: Model, data: ContrastSet, config: ExtractConfig | None = None, *
     if cfg.method == "pca" and not data.paired:
         raise InputError("pca needs paired data (pairs or completions); these are unpaired sets. Use mean-diff.")
     if cfg.layers is not None:
-        cfg = replace(cfg, layers=tuple(sorted({lm.site(f"layers.{lay}.{cfg.site}").layer for lay in cfg.layers})))
-    layers = list(cfg.layers) if cfg.layers is not None else list(range(lm.n_layers))
-    pos, pos_norm = activations(lm, data.positive, cfg, prompts=data.prompts, progress=progress)
-    neg, neg_norm = activations(lm, data.negative, cfg, prompts=data.prompts, progress=progress)
+        cfg = replace(cfg, layers=tuple(sorted({model.site(f"layers.{lay}.{cfg.site}").layer for lay in cfg.layers})))
+    layers = list(cfg.layers) if cfg.layers is not None else list(range(model.n_layers))
+    pos, pos_norm = activations(model, data.positive, cfg, prompts=data.prompts, progress=progress)
+    neg, neg_norm = activations(model, data.negative, cfg, prompts=data.prompts, progress=progress)
     if cfg.method == "mean-diff" and not data.paired:
         vec = (pos.double().mean(0) - neg.double().mean(0)).float()  # [L, d]
     elif cfg.method == "mean-diff":
@@ -530,10 +526,11 @@ def extract(lm: Model, data: ContrastSet, config: ExtractConfig | None = None, *
         "balance": cfg.balance,
         "resid_norms": {int(lay): float(r) for lay, r in zip(layers, resid, strict=True)},
     }
-    return Vector({lay: vec[i] for i, lay in enumerate(layers)}, model=lm, site=cfg.site, method=cfg.method, meta=meta)
+    return Vector({lay: vec[i] for i, lay in enumerate(layers)}, model=model, site=cfg.site, method=cfg.method,
+                  meta=meta)
 
 
-def separation(lm: Model, vector: Vector, data: ContrastSet, config: ExtractConfig | None = None) -> dict[int, dict]:
+def separation(model: Model, vector: Vector, data: ContrastSet, config: ExtractConfig | None = None) -> dict[int, dict]:
     """How well each layer's direction separates (held-out) data: projections of the
     positives vs the negatives onto the unit direction.
 
@@ -543,8 +540,8 @@ def separation(lm: Model, vector: Vector, data: ContrastSet, config: ExtractConf
     """
     cfg = config or ExtractConfig(position=vector.meta.get("position", "last"), chat=vector.meta.get("chat", False))
     cfg = replace(cfg, layers=tuple(vector.layers), site=vector.site)
-    pos, _ = activations(lm, data.positive, cfg, prompts=data.prompts)
-    neg, _ = activations(lm, data.negative, cfg, prompts=data.prompts)
+    pos, _ = activations(model, data.positive, cfg, prompts=data.prompts)
+    neg, _ = activations(model, data.negative, cfg, prompts=data.prompts)
     unit = vector.normalize().stack()  # [L, d]
     pp, pn = torch.einsum("nld,ld->nl", pos, unit), torch.einsum("nld,ld->nl", neg, unit)  # [n, L]
     norms = vector.resid_norms
@@ -558,7 +555,7 @@ def separation(lm: Model, vector: Vector, data: ContrastSet, config: ExtractConf
     return out
 
 
-def make_vector(lm: Model, data: ContrastSet, config: ExtractConfig | None = None, *, held_out: float = 0.25,
+def make_vector(model: Model, data: ContrastSet, config: ExtractConfig | None = None, *, held_out: float = 0.25,
                 seed: int = 0, progress: bool = False) -> tuple[Vector, ContrastSet]:
     """Split (seeded), extract on the train part, measure layer separation on the held-out part.
 
@@ -566,8 +563,8 @@ def make_vector(lm: Model, data: ContrastSet, config: ExtractConfig | None = Non
         (vector, test set). The split and the separation are recorded in `vector.meta`.
     """
     train, test = data.split(held_out, seed)
-    v = extract(lm, train, config, progress=progress)
-    sep = separation(lm, v, test, config)
+    v = extract(model, train, config, progress=progress)
+    sep = separation(model, v, test, config)
     v.meta["split"] = {"held_out": held_out, "seed": seed, "n_train": len(train), "n_test": len(test),
                        "full_sha256": data.sha256()}
     v.meta["evaluation"] = {"separation": {str(k): s for k, s in sep.items()}}

@@ -141,9 +141,9 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     # This function is the route table: each handler is a closure over `lm` and the workers,
     # a few lines long, and hands one library call to a worker.
     if model is None:
-        from lmscope.cli._common import load_model
+        from lmscope.engine.loading import load
 
-        model = load_model(model_name)
+        model = load(model_name, quiet=True)
     lm = model
     folders = VectorFolders(vector_dirs or [Path.cwd()])
     model_q, atlas_q = Worker("model", max_waiting), Worker("atlas", max_waiting)
