@@ -262,11 +262,11 @@ def ablate(model_name, neuron_spec, prompts, field, target, baseline, method, re
         raise click.UsageError("Name the neurons (L.N,...) or pass --curve to rank them.")
     check_neurons(model_name, "L.N,...", neuron_spec)
     stage = Stages(2 + (method != "zero") + (curve and not neuron_spec))
-    stage(f"loading {model_name}")
-    model = load_model(model_name, device)
-    ps = _prompt_set(prompts, field)
+    ps = _prompt_set(prompts, field)  # files are read before the model load: a bad one costs nothing
     neutral_path = neutral or str(shipped.path("neutral_prompts.jsonl"))
     neu = read_prompts(neutral_path)[:n_neutral] if n_neutral else None
+    stage(f"loading {model_name}")
+    model = load_model(model_name, device)
     ref = None
     if method != "zero":
         stage(f"reference activations for {method} ablation")
@@ -375,11 +375,12 @@ def dose(model_name, neuron_spec, prompts, field, target, baseline, values, posi
     from lmscope.neurons.causal import dose_response
 
     check_neurons(model_name, "L.N[,L.N...]", neuron_spec)
+    ps = _prompt_set(prompts, field)  # read before the model load
     stage = Stages(2)
     stage(f"loading {model_name}")
     model = load_model(model_name, device)
     stage(f"setting {neuron_names(neuron_spec)} to {len(values)} values on the prompts of {prompts}")
-    res = dose_response(model, resolve_neurons(model, neuron_spec), _prompt_set(prompts, field), target=target,
+    res = dose_response(model, resolve_neurons(model, neuron_spec), ps, target=target,
                         baseline=baseline, values=list(values), positions=normalize(positions),
                         progress=progress_enabled())
     d = res.to_dict()

@@ -167,8 +167,10 @@ def load_artifact(path: str | os.PathLike, *, kind: str | None = None, model: Mo
     except OSError as e:
         raise ArtifactError(f"Cannot read the sidecar {side_path}: {e.strerror or e}.") from None
     if not isinstance(side, dict):
-        raise ArtifactError(f"The sidecar {side_path} holds a JSON {type(side).__name__}; expected an object "
-                            "with kind, model, d_model... (written by lmscope).")
+        found = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+            type(side), "number")
+        raise ArtifactError(f"The sidecar {side_path} holds a JSON {found}, not an object with kind, model, "
+                            "d_model...; it was not written by lmscope.")
     missing = [k for k in _REQUIRED if k not in side]
     if missing:
         raise ArtifactError(f"The sidecar {side_path} lacks {', '.join(missing)}.")

@@ -23,6 +23,7 @@ import torch
 
 from lmscope.engine import sites as S
 from lmscope.engine.arch import ArchSpec
+from lmscope.engine.artifacts import temp_path
 from lmscope.engine.errors import InputError, ModelNotFound
 from lmscope.engine.model import Batch, Model  # noqa: F401  (Model is what load returns)
 
@@ -195,8 +196,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
             del model.config.quantization_config
         bar.set_postfix_str(f"save safetensors to {out}")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temp_path(out)  # also removes what a killed conversion left behind (~1 GB)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         st = gguf.stat()

@@ -10,7 +10,6 @@ the specific message, since those are the folders the user chose to expose.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,47 +53,36 @@ class VectorFolders:
         return p
 
 
-def _check_files(path: Path) -> None:
-    """Refuse what `load_artifact` would choke on: a huge file, a sidecar that is not UTF-8 JSON
-    holding an object."""
+def _check_sizes(path: Path) -> None:
+    """The studio's own limits before anything is read: a vector file or sidecar this large is
+    not an lmscope vector (their contents are validated by `Vector.load`)."""
     side = Path(f"{path}.json")
     try:
         if path.stat().st_size > MAX_VECTOR_FILE_BYTES:
             raise ArtifactError(f"{path.name} is over {MAX_VECTOR_FILE_BYTES // 2**20} MiB: not a vector artifact.")
-        if side.stat().st_size > MAX_SIDECAR_BYTES:
+        if side.is_file() and side.stat().st_size > MAX_SIDECAR_BYTES:
             raise ArtifactError(f"The sidecar {side.name} is over 1 MiB: not an lmscope sidecar.")
-        text = side.read_bytes().decode("utf-8")
-        meta = json.loads(text)
     except OSError as e:
         raise ArtifactError(f"{path.name} or its sidecar cannot be read ({e.strerror}).") from e
-    except UnicodeDecodeError as e:
-        raise ArtifactError(f"The sidecar {side.name} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                            "it was not written by lmscope.") from e
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ArtifactError(f"The sidecar {side.name} is not valid JSON ({e}).") from e
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"The sidecar {side.name} holds a JSON {type(meta).__name__}, not an object "
-                            "with kind, model and d_model; it was not written by lmscope.")
 
 
-def artifact_vector(lm, folders: VectorFolders, name: str, layer: int):
-    """The [d_model] vector for `layer` from a saved artifact (keys `layers.L` or `vector`),
-    validated against the model by `load_artifact`."""
-    from lmscope.engine.artifacts import load_artifact
+def artifact_vector(model, folders: VectorFolders, name: str, layer: int):
+    """The [d_model] vector for `layer` of a saved vector (`Vector.load`, validated against the model)."""
+    from lmscope.vectors import Vector
 
     path = folders.resolve(name)
-    _check_files(path)
+    _check_sizes(path)
     try:
-        tensors, side = load_artifact(path, model=lm)
+        vec = Vector.load(path, model=model)
     except OSError as e:
         raise ArtifactError(f"{path.name} cannot be read ({e.strerror}).") from e
-    if f"layers.{layer}" in tensors:
-        return tensors[f"layers.{layer}"]
-    if "vector" in tensors and side.get("layer") in (None, layer):
-        return tensors["vector"]
-    keys = ", ".join(sorted(tensors)) or "none"
-    raise InputError(f"{path.name} has no vector for layer {layer} (it holds: {keys}); "
-                     "pick a site at one of those layers.")
+    except ArtifactError as e:  # name the file, never the server's folders
+        raise ArtifactError(str(e).replace(f"{path.parent}{os.sep}", "")) from None
+    if layer % model.n_layers not in vec.layers:
+        held = ", ".join(f"layers.{x}" for x in vec.layers)
+        raise InputError(f"{path.name} has no vector for layer {layer} (it holds: {held}); "
+                         "pick a site at one of those layers.")
+    return vec[layer % model.n_layers]
 
 
 def build_edits(lm, specs: list[EditSpec], folders: VectorFolders) -> list:
@@ -106,8 +94,7 @@ def build_edits(lm, specs: list[EditSpec], folders: VectorFolders) -> list:
     for i, e in enumerate(specs):
         sites = lm.sites(e.site)  # validates; "*" may name several
         if any(s.kind == "logits" for s in sites):
-            # the engine cannot edit logits under generate (HF keeps one position; the edit
-            # indexes all of them), so refuse it here rather than fail inside the forward
+            # the studio's edits are about activations; editing logits is the library's business
             raise InputError(f"Edit {i + 1}: the studio edits activations, not logits; pick a site such as "
                              "final_norm or layers.L.resid_post.")
         if e.type == "zero":
