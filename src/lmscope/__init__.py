@@ -21,7 +21,7 @@ _EXPORTS = {
     "MeanAblate": "engine.interventions", "Patch": "engine.interventions", "ProjectOut": "engine.interventions",
     "Resample": "engine.interventions", "Scale": "engine.interventions", "Set": "engine.interventions", "Zero": "engine.interventions",
     "DEFAULT_MODEL": "engine.loading", "EMBEDDED": "engine.loading", "Batch": "engine.model", "Model": "engine.model",
-    "cache_dir": "engine.loading", "load": "engine.loading",
+    "cache_dir": "engine.cache", "load": "engine.loading",
     "GenerateResult": "engine.runner", "RunResult": "engine.runner", "generate": "engine.runner", "run": "engine.runner",
     "Site": "engine.sites",
 }

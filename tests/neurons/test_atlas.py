@@ -348,3 +348,28 @@ def test_cli_compare_with_a_perturbed_copy(monkeypatch):
     assert shares[0] == 1.0 > shares[1]
     r = CliRunner().invoke(cli, ["atlas", "compare", "tiny", "--json"])
     assert r.exit_code == 2  # neither MODEL_B nor --perturb
+
+
+def test_search_on_a_built_atlas_reads_only_the_file(monkeypatch, tmp_path):
+    """Once built, `atlas search` answers from SQLite: no model load, no torch import needed."""
+    import json
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from lmscope.cli.main import cli
+    from lmscope.engine import loading
+
+    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path))
+    model = make_tiny("llama")
+    build_atlas(model, AtlasConfig(k=5), path=atlas_db.default_path(model)).close()
+    monkeypatch.setattr(loading, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    word = atlas_db.normalize_token(model.tokenizer.decode([7]))
+    res = CliRunner().invoke(cli, ["atlas", "search", model.name, word, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["model"] == model.name
+    code = ("import sys; from lmscope.neurons.atlas_db import Atlas, default_path; "
+            f"a = Atlas.open(default_path({model.name!r})); a.search({word!r}); "
+            "assert 'torch' not in sys.modules, 'searching imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "LMSCOPE_CACHE": str(tmp_path)})

@@ -98,18 +98,30 @@ def search(model_name, query, kind, limit, path, as_json, device) -> None:
     """Neurons whose top tokens match QUERY.
 
     Matches normalised token text (case, leading space markers) and simple plurals;
-    several words match any of them. Builds the atlas on first use."""
-    model = load_model(model_name, device)
-    with _open(model, path, 20) as a:
+    several words match any of them. Builds the atlas on first use; once built, a search reads
+    only the atlas file (tokens are stored as text), without loading the model."""
+    from pathlib import Path
+
+    from lmscope.neurons.atlas_db import Atlas, default_path
+
+    file = Path(path) if path else default_path(model_name)
+    a = Atlas.open(file) if file.is_file() else None
+    if a is not None and a.meta["model"] != model_name:  # another name for it, or another model:
+        a.close()  # the model decides (and refuses an atlas made for another one)
+        a = None
+    if a is None:
+        model = load_model(model_name, device)
+        a = _open(model, path, 20)
+    with a:
         hits = a.search(query, kind=kind, limit=limit)
-        where = str(a.path)
+        where, name = str(a.path), a.meta["model"]
     if as_json:
-        emit_json({"model": model.name, "query": query, "kind": kind, "atlas": where, "results": hits})
+        emit_json({"model": name, "query": query, "kind": kind, "atlas": where, "results": hits})
         return
     from rich.table import Table
 
     t = Table("neuron", "kind", "rank", "token", "score", "matches", "top tokens",
-              title=f"{model.name}: neurons for {query!r}")
+              title=f"{name}: neurons for {query!r}")
     for h in hits:
         t.add_row(f"{h['layer']}.{h['neuron']}", h["kind"], str(h["rank"]), repr(h["token"]),
                   f"{h['score']:.2f}", str(h["n_match"]), " ".join(repr(x) for x in h["top"][:8]))

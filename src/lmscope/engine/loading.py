@@ -24,6 +24,7 @@ import torch
 from lmscope.engine import sites as S
 from lmscope.engine.arch import ArchSpec
 from lmscope.engine.artifacts import temp_path
+from lmscope.engine.cache import cache_dir
 from lmscope.engine.errors import InputError, ModelNotFound
 from lmscope.engine.model import Batch, Model  # noqa: F401  (Model is what load returns)
 
@@ -84,15 +85,6 @@ EMBEDDED_SHAPES = {
 def known_shape(name: str) -> ModelShape | None:
     """The dimensions of embedded model `name` without loading it; None for any other model."""
     return EMBEDDED_SHAPES.get(name)
-
-
-def cache_dir() -> Path:
-    """Where converted models and other lmscope caches live (`$LMSCOPE_CACHE` overrides)."""
-    env = os.environ.get("LMSCOPE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lmscope"
 
 
 def cached_models() -> list[dict]:

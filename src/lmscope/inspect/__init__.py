@@ -1,20 +1,11 @@
 """Reading one forward in token space: residual decomposition and direct logit attribution,
 token-space edits, Patchscopes and back-patching."""
 
-from lmscope.inspect.backpatching import BackpatchConfig, BackpatchResult, backpatch
-from lmscope.inspect.decomposition import (
-           Attribution,
-           Decomposition,
-           decompose,
-           logit_attribution,
-           token_edit,
-)
-from lmscope.inspect.patchscopes import (
-           PatchscopeResult,
-           entity_sweep,
-           identity_sweep,
-           patchscope,
-)
+from lmscope.engine.lazy import lazy_exports
 
-__all__ = ["Attribution", "BackpatchConfig", "BackpatchResult", "Decomposition", "PatchscopeResult", "backpatch",
-           "decompose", "entity_sweep", "identity_sweep", "logit_attribution", "patchscope", "token_edit"]
+_EXPORTS = {  # name -> module of this family
+    "(": "patchscopes",
+    "BackpatchConfig": "backpatching", "BackpatchResult": "backpatching", "backpatch": "backpatching",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

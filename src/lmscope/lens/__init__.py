@@ -1,14 +1,11 @@
 """Lenses over the residual stream: the logit lens, the tuned lens and latent-language reads."""
 
-from lmscope.lens.latent import LatentConfig, LatentLanguageResult, latent_language
-from lmscope.lens.logit import LensResult, logit_lens, run_lens
-from lmscope.lens.tuned import (
-           LensComparison,
-           TunedLens,
-           TunedLensConfig,
-           compare_lenses,
-           train_tuned_lens,
-)
+from lmscope.engine.lazy import lazy_exports
 
-__all__ = ["LatentConfig", "LatentLanguageResult", "LensComparison", "LensResult", "TunedLens", "TunedLensConfig",
-           "compare_lenses", "latent_language", "logit_lens", "run_lens", "train_tuned_lens"]
+_EXPORTS = {  # name -> module of this family
+    "(": "tuned",
+    "LatentConfig": "latent", "LatentLanguageResult": "latent", "latent_language": "latent",
+    "LensResult": "logit", "logit_lens": "logit", "run_lens": "logit",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -1,11 +1,14 @@
 """One neuron: recording (statistics, max-activating examples), correlation, ablation and
 dose-response, the atlas of every neuron decoded through the LM head, and clamping."""
 
-from lmscope.neurons.atlas import AtlasConfig, build_atlas, decode_neuron, load_atlas
-from lmscope.neurons.causal import ablate, ablation_curve, dose_response
-from lmscope.neurons.clamp import ClampConfig, clamp_experiment
-from lmscope.neurons.correlation import correlate
-from lmscope.neurons.recording import NeuronRecording, RecordConfig, record
+from lmscope.engine.lazy import lazy_exports
 
-__all__ = ["AtlasConfig", "ClampConfig", "NeuronRecording", "RecordConfig", "ablate", "ablation_curve",
-           "build_atlas", "clamp_experiment", "correlate", "decode_neuron", "dose_response", "load_atlas", "record"]
+_EXPORTS = {  # name -> module of this family
+    "AtlasConfig": "atlas", "build_atlas": "atlas", "decode_neuron": "atlas", "load_atlas": "atlas",
+    "ClampConfig": "clamp", "clamp_experiment": "clamp",
+    "NeuronRecording": "recording", "RecordConfig": "recording", "record": "recording",
+    "ablate": "causal", "ablation_curve": "causal", "dose_response": "causal",
+    "correlate": "correlation",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

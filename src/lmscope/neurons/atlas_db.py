@@ -26,13 +26,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
-from lmscope.engine.artifacts import temp_path
 from lmscope.engine.errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from lmscope.engine.model import Model
     from lmscope.neurons.atlas import NeuronTopK
 
@@ -44,7 +42,7 @@ TOP_KINDS = ("in_gate", "in_up", "out")  # what a search covers by default (not 
 
 def default_path(lm_or_name) -> Path:
     """`cache_dir()/atlas/<model name>.sqlite`."""
-    from lmscope.engine.loading import cache_dir
+    from lmscope.engine.cache import cache_dir
 
     name = lm_or_name if isinstance(lm_or_name, str) else lm_or_name.name
     safe = re.sub(r"[^A-Za-z0-9._+-]", "_", name)
@@ -75,6 +73,8 @@ def query_variants(word: str) -> list[str]:
 
 def weight_sample(model: Model) -> list[float]:
     """A few weights from every layer and the unembedding, to tell models that share a name apart."""
+    import torch
+
     vals = [model.weights.W_U[:8, :4].reshape(-1)]
     for L in range(model.n_layers):
         vals += [model.weights.W_out(L)[:2, :4].reshape(-1), model.weights.W_in(L, "up")[:2, :4].reshape(-1)]
@@ -124,6 +124,10 @@ def write_atlas(path: str | Path, model: Model, table: NeuronTopK) -> Path:
     that occurs; the `neurons` view unpacks them into
     (layer, neuron, kind, rank, token_id, token, norm, score).
     """
+    import torch
+
+    from lmscope.engine.artifacts import temp_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
@@ -200,6 +204,8 @@ class Atlas:
         return atlas
 
     def check_model(self, model: Model) -> None:
+        import torch
+
         m = self.meta
         fix = f"Rebuild it: `lmscope atlas build {model.name} --out {self.path}`."
         if m["model"] != model.name:
@@ -301,6 +307,8 @@ class Atlas:
 
     def top1(self, kind: str, layers: Sequence[int] | None = None) -> Tensor:
         """Top-1 token ids, LongTensor [n_layers_selected, d_mlp]."""
+        import torch
+
         if kind not in self.meta["kinds"]:
             raise InputError(f"The atlas {self.path} has no {kind!r} rows (it has {self.meta['kinds']}).")
         layers = list(self.meta["layers"] if layers is None else layers)

@@ -1,7 +1,11 @@
 """One layer's directions: contrastive steering vectors (extract, save, algebra), steering
 edits, and the layer x strength sweep and verification with their side-effect metrics."""
 
-from lmscope.vectors.steering import SweepConfig, steer_edits, sweep, verify
-from lmscope.vectors.vector import ExtractConfig, Vector, extract
+from lmscope.engine.lazy import lazy_exports
 
-__all__ = ["ExtractConfig", "SweepConfig", "Vector", "extract", "steer_edits", "sweep", "verify"]
+_EXPORTS = {  # name -> module of this family
+    "ExtractConfig": "vector", "Vector": "vector", "extract": "vector",
+    "SweepConfig": "steering", "steer_edits": "steering", "sweep": "steering", "verify": "steering",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
