@@ -35,7 +35,6 @@ from lmscope.neurons.clamp import (
     clamp_experiment,
     concept_hits,
     natural_activation,
-    parse_neurons,
     random_controls,
 )
 
@@ -205,8 +204,10 @@ def _wider():
 # ---- clamping --------------------------------------------------------------------------------
 
 def test_parse_neurons():
+    from lmscope.engine.grammar import parse_neurons
+
     assert parse_neurons("12.345, -1.7") == [(12, 345), (-1, 7)]
-    with pytest.raises(ls.InputError):
+    with pytest.raises(ls.SiteError):
         parse_neurons("12:345")
 
 

@@ -78,7 +78,7 @@ def check_layers(layers: Sequence[int] | None, n_layers: int, name: str = "the m
 
 def _pairs(spec: str, what: str, example: str, kinds: tuple[str, ...]) -> list[tuple[int, int]]:
     if not isinstance(spec, str) or not spec.strip():
-        raise InputError(f"No {what} given; write L.{what[0].upper()} like {example}.")
+        raise SiteError(f"No {what} given; write L.{what[0].upper()} like {example}.")
     out = []
     for part in (p.strip() for p in re.split(r",(?![^\[]*\])", spec)):
         if not part:
@@ -95,10 +95,10 @@ def _pairs(spec: str, what: str, example: str, kinds: tuple[str, ...]) -> list[t
                 pass
             else:
                 continue
-        raise InputError(f"{part!r} does not name {what}: write L.{what[0].upper()} like {example} "
+        raise SiteError(f"{part!r} does not name {what}: write L.{what[0].upper()} like {example} "
                          f"or a site like 'layers.{example.split('.')[0]}.{kinds[0]}[{example.split('.')[1].split(',')[0]}]'.")
     if not out:
-        raise InputError(f"No {what} in {spec!r}; write L.{what[0].upper()} like {example}.")
+        raise SiteError(f"No {what} in {spec!r}; write L.{what[0].upper()} like {example}.")
     return list(dict.fromkeys(out))
 
 

@@ -58,17 +58,6 @@ class ClampConfig:
             raise InputError("n_samples > 1 with greedy decoding repeats one generation; set do_sample=True.")
 
 
-def parse_neurons(spec: str) -> list[Neuron]:
-    """'12.345' or '12.345,20.7' -> [(12, 345), (20, 7)]."""
-    out = []
-    for part in spec.split(","):
-        m = re.fullmatch(r"\s*(-?\d+)\.(\d+)\s*", part)
-        if not m:
-            raise InputError(f"Neurons are given as LAYER.NEURON[,LAYER.NEURON...], e.g. '12.345'; got {part!r}.")
-        out.append((int(m.group(1)), int(m.group(2))))
-    return out
-
-
 def _check(model: Model, neurons: Sequence[Neuron]) -> list[Neuron]:
     """Validate and normalise (negative layers) through the site grammar."""
     out = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,8 @@ from torch import Tensor
 
 from lmscope.datasets.corpus import TokenWindows, read_texts, token_windows
 from lmscope.engine.errors import InputError, SiteError
+from lmscope.engine.grammar import parse_layers
+from lmscope.engine.grammar import parse_neurons as parse_neuron_spec
 from lmscope.engine.model import Model
 from lmscope.engine.results import Result, Table
 from lmscope.engine.sites import Site
@@ -49,31 +50,23 @@ def neuron_kind(kind: str) -> str:
 
 
 def parse_neurons(model: Model, spec: str) -> list[tuple[int, int]]:
-    """'L.N[,L.N...]' or 'layers.L.mlp.neurons[N,M]' -> [(layer, neuron)], range-checked."""
+    """'L.N[,L.N...]' or 'layers.L.mlp.neurons[N,M]' (the engine's grammar) -> [(layer, neuron)],
+    checked against `model` (negative indices resolved)."""
     out = []
-    for part in [p.strip() for p in re.split(r",(?![^\[]*\])", spec) if p.strip()]:
-        m = re.fullmatch(r"(-?\d+)\.(-?\d+)", part)
-        site_spec = f"layers.{m.group(1)}.mlp.neurons[{m.group(2)}]" if m else part
-        for s in model.sites(site_spec):
-            if s.kind not in NEURON_KINDS or s.units is None:
-                raise SiteError(f"{part!r} is not a neuron; write L.N (e.g. 5.123) or 'layers.5.mlp.neurons[123]'.")
-            out.extend((s.layer, u) for u in s.units)
-    if not out:
-        raise SiteError(f"No neuron in {spec!r}; write L.N like 5.123.")
+    for layer, n in parse_neuron_spec(spec):
+        site = model.site(f"layers.{layer}.mlp.neurons[{n}]")
+        out.append((site.layer, site.units[0]))
     return out
 
 
 def neuron_sites(model: Model, layers: Sequence[int] | str | None = None, *, kind: str = "neurons",
                  units: Sequence[int] | None = None) -> list[str]:
-    """Site names for `layers` (ints, 'all', '3,5', None = all) of one neuron kind."""
+    """Site names for `layers` (ints, or the layer grammar: 'all', '3,5', '4:12'; None = all) of
+    one neuron kind."""
     kind = neuron_kind(kind)
-    if layers is None or layers in ("all", "*"):
+    layers = parse_layers(layers, model.n_layers)
+    if layers is None:
         layers = range(model.n_layers)
-    elif isinstance(layers, str):
-        try:
-            layers = [int(x) for x in layers.split(",") if x.strip()]
-        except ValueError:
-            raise InputError(f"Layers must be 'all' or integers like '3,5', got {layers!r}.") from None
     sel = "" if units is None else "[" + ",".join(map(str, units)) + "]"
     return [s.name for L in layers for s in model.sites(f"layers.{L}.{kind}{sel}")]
 

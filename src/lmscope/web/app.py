@@ -83,15 +83,15 @@ def _optional(module: str, name: str):
 
 # ---- library glue: these run on the model's worker thread ----------------------------------------
 
-def _input_tokens(lm, batch) -> list[str]:
+def _input_tokens(model, batch) -> list[str]:
     """Text of each input token of the batch's first row (left padding dropped)."""
     ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
-    return [lm.tokenizer.decode([i]) for i in ids]
+    return [model.tokenizer.decode([i]) for i in ids]
 
 
-def _tokenize(lm, prompt: str, chat: bool, max_tokens: int):
+def _tokenize(model, prompt: str, chat: bool, max_tokens: int):
     """The prompt's `Batch`, refused past `max_tokens` tokens."""
-    batch = lm.tokenize(prompt, chat=chat)
+    batch = model.tokenize(prompt, chat=chat)
     n = int(batch.input_ids.shape[1])
     if n > max_tokens:
         raise InputError(f"The prompt is {n} tokens ({len(prompt)} characters); the studio takes at most {max_tokens} "
@@ -99,17 +99,17 @@ def _tokenize(lm, prompt: str, chat: bool, max_tokens: int):
     return batch
 
 
-def _lens_positions(lm, top_k: int, max_tokens: int) -> int:
+def _lens_positions(model, top_k: int, max_tokens: int) -> int:
     """How many positions the lens reads within the studio's bounds on response size and work."""
-    return max(1, min(max_tokens, MAX_LENS_ENTRIES // (lm.n_layers * top_k),
-                      MAX_LENS_LOGITS // (lm.n_layers * lm.d_vocab)))
+    return max(1, min(max_tokens, MAX_LENS_ENTRIES // (model.n_layers * top_k),
+                      MAX_LENS_LOGITS // (model.n_layers * model.d_vocab)))
 
 
-def _overflow(lm, result) -> list[str]:
+def _overflow(model, result) -> list[str]:
     """Where the residual stream entering the final norm stops being usable: NaN, infinite, or
     so large that its mean square overflows float32 (the norm then divides by infinity and the
     logits collapse to a constant: greedy decoding repeats token 0, usually an empty text)."""
-    h = result.cache[f"layers.{lm.n_layers - 1}.resid_post"]  # [batch, prompt + new - 1, d_model]
+    h = result.cache[f"layers.{model.n_layers - 1}.resid_post"]  # [batch, prompt + new - 1, d_model]
     bad = ~h.float().pow(2).mean(-1)[0].isfinite()  # [pos]
     if not bool(bad.any()):
         return []
@@ -138,30 +138,29 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         max_waiting: Model jobs that may wait behind the running one; more get 503.
         max_prompt_tokens: Longest prompt, in tokens after tokenizing.
     """
-    # This function is the route table: each handler is a closure over `lm` and the workers,
+    # This function is the route table: each handler is a closure over `model` and the workers,
     # a few lines long, and hands one library call to a worker.
     if model is None:
         from lmscope.engine.loading import load
 
         model = load(model_name, quiet=True)
-    lm = model
     folders = VectorFolders(vector_dirs or [Path.cwd()])
     model_q, atlas_q = Worker("model", max_waiting), Worker("atlas", max_waiting)
     state: dict = {"atlas": None}
-    info = lm.info()  # static: computed once, so /api/info never waits for the model
+    info = model.info()  # static: computed once, so /api/info never waits for the model
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
     def atlas():
         if state["atlas"] is None:
             load_atlas = _optional("lmscope.neurons.atlas", "load_atlas")
-            state["atlas"] = load_atlas(lm, path=atlas_path, build=False)  # building takes minutes: CLI job
+            state["atlas"] = load_atlas(model, path=atlas_path, build=False)  # building takes minutes: CLI job
         return state["atlas"]
 
     def atlas_file() -> Path | None:
         if atlas_path is not None:
             return Path(atlas_path)
         try:
-            return _optional("lmscope.neurons.atlas_db", "default_path")(lm)
+            return _optional("lmscope.neurons.atlas_db", "default_path")(model)
         except Unavailable:
             return None
 
@@ -176,7 +175,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     # No /docs or /redoc: they load Swagger UI from a CDN and the studio works offline.
     app = FastAPI(title="lmscope studio", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(Guard, allowed_hosts=allowed_hosts, max_body=MAX_BODY_BYTES)
-    app.state.model = lm
+    app.state.model = model
     app.state.workers = {"model": model_q, "atlas": atlas_q}
 
     @app.exception_handler(LmscopeError)
@@ -234,34 +233,34 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         return job
 
     def run_job(req: RunRequest) -> dict:
-        batch = _tokenize(lm, req.prompt, req.chat, max_prompt_tokens)
-        res = lm.run(batch)
-        return {"model": lm.name, "prompt": req.prompt, "chat": req.chat, "n_tokens": int(batch.input_ids.shape[1]),
-                "tokens": _input_tokens(lm, batch), "top": res.top_k(lm, req.top_k)}
+        batch = _tokenize(model, req.prompt, req.chat, max_prompt_tokens)
+        res = model.run(batch)
+        return {"model": model.name, "prompt": req.prompt, "chat": req.chat, "n_tokens": int(batch.input_ids.shape[1]),
+                "tokens": _input_tokens(model, batch), "top": res.top_k(model, req.top_k)}
 
     def generate_job(req: GenerateRequest) -> dict:
-        edits = build_edits(lm, req.edits, folders)
-        batch = _tokenize(lm, req.prompt, req.chat, max_prompt_tokens)
-        kw = {"max_new_tokens": req.max_new_tokens, "capture": {f"layers.{lm.n_layers - 1}.resid_post": "all"}}
-        base = lm.generate(batch, **kw)
-        out = lm.generate(batch, edits=edits, **kw) if edits else base
-        warnings = [f"Baseline: {w} The model overflows its dtype on this prompt." for w in _overflow(lm, base)]
+        edits = build_edits(model, req.edits, folders)
+        batch = _tokenize(model, req.prompt, req.chat, max_prompt_tokens)
+        kw = {"max_new_tokens": req.max_new_tokens, "capture": {f"layers.{model.n_layers - 1}.resid_post": "all"}}
+        base = model.generate(batch, **kw)
+        out = model.generate(batch, edits=edits, **kw) if edits else base
+        warnings = [f"Baseline: {w} The model overflows its dtype on this prompt." for w in _overflow(model, base)]
         warnings += [f"Edited: {w} An edit is too large for this model: lower its value or scale."
-                     for w in _overflow(lm, out)] if edits else []
-        return {"model": lm.name, "prompt": req.prompt, "chat": req.chat, "max_new_tokens": req.max_new_tokens,
+                     for w in _overflow(model, out)] if edits else []
+        return {"model": model.name, "prompt": req.prompt, "chat": req.chat, "max_new_tokens": req.max_new_tokens,
                 "edits": [e.model_dump(exclude_none=True) for e in req.edits],
                 "baseline": base.texts[0], "edited": out.texts[0], "warnings": warnings}
 
     def lens_job(req: LensRequest) -> dict:
         lens = _optional("lmscope.lens.logit", "logit_lens")
-        n = int(_tokenize(lm, req.prompt, req.chat, max_prompt_tokens).input_ids.shape[1])
-        most = _lens_positions(lm, req.top_k, max_prompt_tokens)
+        n = int(_tokenize(model, req.prompt, req.chat, max_prompt_tokens).input_ids.shape[1])
+        most = _lens_positions(model, req.top_k, max_prompt_tokens)
         if n > most:
             raise InputError(
                 f"The logit lens reads every layer x position: this prompt is {n} tokens, and with top_k {req.top_k} "
-                f"on {lm.name} ({lm.n_layers} layers, vocabulary {lm.d_vocab:,}) the studio reads at most {most} "
+                f"on {model.name} ({model.n_layers} layers, vocabulary {model.d_vocab:,}) the studio reads at most {most} "
                 "(a bound on response size and on the time the model is held). Shorten the prompt or lower top_k.")
-        return lens(lm, req.prompt, targets=req.targets, top_k=req.top_k, chat=req.chat).to_dict()
+        return lens(model, req.prompt, targets=req.targets, top_k=req.top_k, chat=req.chat).to_dict()
 
     @app.post("/api/run")
     async def run(req: RunRequest):
@@ -281,7 +280,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
                            limit: Annotated[int, Query(ge=1, le=200)] = 20):
         def job(_):
             a = atlas()  # opened once, on the atlas thread
-            return {"model": lm.name, "query": q, "kind": kind, "atlas": str(a.path),
+            return {"model": model.name, "query": q, "kind": kind, "atlas": str(a.path),
                     "results": a.search(q, kind=kind, limit=limit)}
         return await atlas_q.run(job, None)
 
@@ -290,9 +289,9 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         decode = _optional("lmscope.neurons.atlas", "decode_neuron")
 
         def job(_):
-            site = lm.site(f"layers.{layer}.mlp.neurons[{neuron}]")  # validates; negatives -> indices
-            d = decode(lm, site.layer, site.units[0], k)
-            return {"model": lm.name, "layer": site.layer, "neuron": site.units[0], "k": k,
+            site = model.site(f"layers.{layer}.mlp.neurons[{neuron}]")  # validates; negatives -> indices
+            d = decode(model, site.layer, site.units[0], k)
+            return {"model": model.name, "layer": site.layer, "neuron": site.units[0], "k": k,
                     **{kind: [{"token": t, "score": s} for t, s in v] if v else None for kind, v in d.items()}}
         return await model_q.run(job, None)
 

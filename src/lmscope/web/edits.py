@@ -85,14 +85,14 @@ def artifact_vector(model, folders: VectorFolders, name: str, layer: int):
     return vec[layer % model.n_layers]
 
 
-def build_edits(lm, specs: list[EditSpec], folders: VectorFolders) -> list:
+def build_edits(model, specs: list[EditSpec], folders: VectorFolders) -> list:
     """`EditSpec`s -> lmscope interventions. Sites are resolved first, so a bad layer, unit or
     name is a SiteError naming the valid range before anything runs."""
     from lmscope.engine.interventions import Add, Set, Zero
 
     edits = []
     for i, e in enumerate(specs):
-        sites = lm.sites(e.site)  # validates; "*" may name several
+        sites = model.sites(e.site)  # validates; "*" may name several
         if any(s.kind == "logits" for s in sites):
             # the studio's edits are about activations; editing logits is the library's business
             raise InputError(f"Edit {i + 1}: the studio edits activations, not logits; pick a site such as "
@@ -106,7 +106,7 @@ def build_edits(lm, specs: list[EditSpec], folders: VectorFolders) -> list:
         elif e.vector_file:
             if len(sites) != 1:
                 raise InputError(f"Edit {i + 1}: a vector file is added at one site; {e.site!r} names {len(sites)}.")
-            vec = artifact_vector(lm, folders, e.vector_file, sites[0].layer)
+            vec = artifact_vector(model, folders, e.vector_file, sites[0].layer)
             edits.append(Add(site=e.site, vector=vec, scale=e.scale))
         elif e.value is not None:
             edits.append(Add(site=e.site, vector=e.value, scale=e.scale))
