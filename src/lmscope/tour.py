@@ -36,34 +36,34 @@ class TourContext:
     on_step: Callable[[str, str], None] | None = None
 
 
-def step_next_token(lm: Model, ctx: TourContext) -> dict:
+def step_next_token(model: Model, ctx: TourContext) -> dict:
     prompt = "The capital of Poland is"
-    top = lm.run(prompt).top_k(lm, 5)
+    top = model.run(prompt).top_k(model, 5)
     rows = [[str(i + 1), repr(t["token"]), f"{t['prob']:.3f}"] for i, t in enumerate(top)]
     if ctx.table:
         ctx.table(f"Next token after {prompt!r}", ["rank", "token", "prob"], rows)
     return {"prompt": prompt, "top": top, "figures": []}
 
 
-def step_steer(lm: Model, ctx: TourContext) -> dict:
+def step_steer(model: Model, ctx: TourContext) -> dict:
     """A contrastive steering vector (positive - negative sentences of the shipped sentiment
     set), added during generation, next to a random direction of the same norm."""
     from lmscope.datasets.contrast import load_contrast
     from lmscope.vectors.steering import make_task, random_vector, steer_edits
     from lmscope.vectors.vector import extract
 
-    layer = round(0.78 * (lm.n_layers - 1))  # gemma-3-270m: 13 of 0..17, where the sweep recommends 13-14
+    layer = round(0.78 * (model.n_layers - 1))  # gemma-3-270m: 13 of 0..17, where the sweep recommends 13-14
     coef = 0.25  # relative to the typical residual norm at that layer
-    v = extract(lm, load_contrast("sentiment").split(0.25, 0)[0].head(24), layers=(layer,))
+    v = extract(model, load_contrast("sentiment").split(0.25, 0)[0].head(24), layers=(layer,))
     prompt = "The weather today is"
     arms = {"baseline": [], "vector": steer_edits(v, layer, coef),
             "random": steer_edits(random_vector(v, layer, seed=0), layer, coef)}
-    texts = {k: lm.generate(prompt, edits=e, max_new_tokens=16).texts[0] for k, e in arms.items()}
+    texts = {k: model.generate(prompt, edits=e, max_new_tokens=16).texts[0] for k, e in arms.items()}
     metric = make_task("sentiment", n_eval=8).absent  # 8 neutral prompts, log p(positive)/p(negative) words
-    scores = {k: metric(lm, e)["score"] for k, e in arms.items()}
+    scores = {k: metric(model, e)["score"] for k, e in arms.items()}
     ctx.say(f"Sentiment vector (mean positive - mean negative, last token) at layers.{layer}.resid_post, "
             f"coefficient {coef} of the residual norm:")
-    ctx.say("  in token space: " + " ".join(repr(t["token"]) for t in v.top_tokens(lm, layer, k=6)["top"]))
+    ctx.say("  in token space: " + " ".join(repr(t["token"]) for t in v.top_tokens(model, layer, k=6)["top"]))
     for k, t in texts.items():
         ctx.say(f"  {k + ':':10s}{prompt}{t}".replace("\n", "⏎"))
     ctx.say(f"  {metric.name} on 8 neutral prompts: " + ", ".join(f"{k} {v:+.2f}" for k, v in scores.items()))
@@ -71,32 +71,32 @@ def step_steer(lm: Model, ctx: TourContext) -> dict:
             "figures": []}
 
 
-def step_function_vector(lm: Model, ctx: TourContext) -> dict:
+def step_function_vector(model: Model, ctx: TourContext) -> dict:
     """A function vector: the antonym task read from 5-shot prompts, added to zero-shot ones."""
     from lmscope.function_vectors import core as F
 
     cfg = F.FVConfig(n_prompts=16, n_test=16)
-    data = F.prepare(lm, "antonym", cfg)
-    fv = F.make(lm, data, cfg)
-    mid, last = round(0.6 * (lm.n_layers - 1)), lm.n_layers - 1  # gemma-3-270m: 10 and 17
-    sweep = F.evaluate(lm, fv, data, layers=[mid, last])
+    data = F.prepare(model, "antonym", cfg)
+    fv = F.make(model, data, cfg)
+    mid, last = round(0.6 * (model.n_layers - 1)), model.n_layers - 1  # gemma-3-270m: 10 and 17
+    sweep = F.evaluate(model, fv, data, layers=[mid, last])
     rows = [["zero-shot", f"{sweep.zero_shot:.2f}"], ["5-shot", f"{sweep.few_shot:.2f}"]]
     rows += [[f"zero-shot + vector at layer {lay}", f"{acc:.2f}"] for lay, acc in zip(sweep.layers, sweep.accuracy, strict=True)]
     rows += [[f"zero-shot + random vector at layer {lay}", f"{acc:.2f}"] for lay, acc in zip(sweep.layers, sweep.random, strict=True)]
     if ctx.table:
         ctx.table(f"Antonyms, {len(data.test_ids)} held-out words (top-1 accuracy)", ["prompt", "accuracy"], rows)
-    top = lm.run("fast ->", edits=[fv.edit(mid, positions="last")]).top_k(lm, 3)
+    top = model.run("fast ->", edits=[fv.edit(mid, positions="last")]).top_k(model, 3)
     ctx.say(f"  'fast ->' with the vector at layer {mid}: " + ", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in top))
     return {"task": "antonym", **sweep.summary(), "layers": sweep.layers, "accuracy": sweep.accuracy,
             "random": sweep.random, "fast": top, "figures": []}
 
-def step_logit_lens(lm: Model, ctx: TourContext) -> dict:
+def step_logit_lens(model: Model, ctx: TourContext) -> dict:
     """Logit lens: every layer's residual read through the final norm and the unembedding."""
     from lmscope.lens.logit import logit_lens
     from lmscope.plots.lens_plots import lens_html, plot_lens_heatmap, plot_target_probs
 
     prompt, targets = "The capital of Poland is", [" Warsaw", " Poland"]
-    r = logit_lens(lm, prompt, targets=targets, top_k=5)
+    r = logit_lens(model, prompt, targets=targets, top_k=5)
     rows = []
     for i, layer in enumerate(r.layers):
         if i % max(1, len(r.layers) // 8) and i != len(r.layers) - 1:
@@ -116,12 +116,12 @@ def step_logit_lens(lm: Model, ctx: TourContext) -> dict:
             "figures": [str(f) for f in figs]}
 
 
-def step_patchscope(lm: Model, ctx: TourContext) -> dict:
+def step_patchscope(model: Model, ctx: TourContext) -> dict:
     """Patchscope: a name's hidden state, patched into "x" of a few-shot description prompt."""
     from lmscope.inspect.patchscopes import patchscope
 
-    source, layer = "Barack Obama", max(1, lm.n_layers // 4)  # gemma-3-270m: layer 4
-    r = patchscope(lm, source, source_layer=layer, target="description", max_new_tokens=16)
+    source, layer = "Barack Obama", max(1, model.n_layers // 4)  # gemma-3-270m: layer 4
+    r = patchscope(model, source, source_layer=layer, target="description", max_new_tokens=16)
     ctx.say(f"State of {r.source_token!r} ({source!r}, layers.{layer}.resid_post) patched into 'x' of:")
     ctx.say(f"  {r.target_prompt!r}")
     ctx.say(f"  patched:   {r.text!r}")
@@ -137,7 +137,7 @@ PLURAL_PROMPTS = [
 ]
 
 
-def step_neuron(lm: Model, ctx: TourContext) -> dict:
+def step_neuron(model: Model, ctx: TourContext) -> dict:
     """A neuron view: LM-head decoding, max-activating text, and an ablation next to a control."""
     from lmscope.neurons.atlas import decode_neuron
     from lmscope.neurons.causal import ablate
@@ -145,12 +145,12 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
 
     # gemma-3-270m's top "these" neuron (found by attribution, `lmscope neuron agreement`);
     # on another model, the middle layer's neuron 0 (still a valid view, just not a curated one).
-    layer, n = (10, 1624) if lm.name == "gemma-3-270m" else (lm.n_layers // 2, 0)
-    dec = decode_neuron(lm, layer, n, k=6)
+    layer, n = (10, 1624) if model.name == "gemma-3-270m" else (model.n_layers // 2, 0)
+    dec = decode_neuron(model, layer, n, k=6)
     ctx.say(f"Neuron {layer}.{n}: its output weights through the final norm and the unembedding")
     ctx.say("  promotes: " + " ".join(repr(t) for t, _ in dec["out"]))
-    rec = record(lm, f"layers.{layer}.mlp.neurons[{n}]", config=RecordConfig(max_tokens=2000))
-    examples = rec.examples(layer, n, lm.tokenizer)  # highest first: the HTML page shows all, the console 3
+    rec = record(model, f"layers.{layer}.mlp.neurons[{n}]", config=RecordConfig(max_tokens=2000))
+    examples = rec.examples(layer, n, model.tokenizer)  # highest first: the HTML page shows all, the console 3
     stats = rec.neuron_stats(layer, n)
     ex = examples[:3]
     ctx.say(f"  fires most on ({rec.n_tokens} tokens of the shipped corpus; [[max]] marked):")
@@ -160,12 +160,12 @@ def step_neuron(lm: Model, ctx: TourContext) -> dict:
         ctx.say(f"    {e.max_act:6.2f}  {''.join(toks)!r}")
     from lmscope.plots.neuron_plots import write_examples_html
 
-    html = write_examples_html(ctx.out_dir / f"neuron_{layer}_{n}.html", f"{lm.name} layers.{layer}.mlp.neurons[{n}]",
+    html = write_examples_html(ctx.out_dir / f"neuron_{layer}_{n}.html", f"{model.name} layers.{layer}.mlp.neurons[{n}]",
                                [e.to_dict() for e in examples], stats=stats, decoding=dec)
-    control = (layer, (n + lm.d_mlp // 2) % lm.d_mlp)  # another neuron of the same layer
+    control = (layer, (n + model.d_mlp // 2) % model.d_mlp)  # another neuron of the same layer
     effects = {}
     for name, neuron in (("neuron", (layer, n)), ("control", control)):
-        eff = ablate(lm, [neuron], PLURAL_PROMPTS, target=" these", baseline=" this")
+        eff = ablate(model, [neuron], PLURAL_PROMPTS, target=" these", baseline=" this")
         effects[name] = eff.to_dict()
         ctx.say(f"  zero-ablating {neuron[0]}.{neuron[1]} ({name}): logit(' these') - logit(' this') "
                 f"{eff.ld_before:+.2f} -> {eff.ld_after:+.2f}")
@@ -191,7 +191,7 @@ def check_steps(only: list[str] | tuple[str, ...] | None) -> None:
         raise InputError(f"Unknown tour step(s) {', '.join(unknown)}; the steps are {', '.join(known)}.")
 
 
-def run_tour(lm: Model, ctx: TourContext, only: list[str] | None = None) -> dict:
+def run_tour(model: Model, ctx: TourContext, only: list[str] | None = None) -> dict:
     """Run every step (or `only` those named); returns {step: result}.
 
     A step that raises is reported through `ctx.on_error` and recorded as
@@ -207,7 +207,7 @@ def run_tour(lm: Model, ctx: TourContext, only: list[str] | None = None) -> dict
         ctx.say(f"\n== {title} ==")
         t0 = time.perf_counter()
         try:
-            res = fn(lm, ctx)
+            res = fn(model, ctx)
         except Exception as e:  # noqa: BLE001 - one failed step must not hide the others
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.debug("Tour step %s failed", key, exc_info=True)  # --debug shows the traceback
