@@ -43,15 +43,15 @@ def test_known_shapes_cover_the_embedded_models():
     assert known_shape("gemma-3-270m").n_layers == 18 and known_shape("org/other") is None
 
 
-@pytest.mark.parametrize("name", sorted(EMBEDDED_SHAPES))
-def test_embedded_shapes_match_the_converted_config(name):
-    cfg_file = cache_dir() / "models" / name / "config.json"
-    if not cfg_file.is_file():
-        pytest.skip(f"{name} is not converted in {cache_dir()} yet")
-    cfg = json.loads(cfg_file.read_text())
-    shape = known_shape(name)
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", ["gemma", "smollm"])
+def test_embedded_shapes_match_the_loaded_models(request, fixture):
+    model = request.getfixturevalue(fixture)  # converts the embedded model on first use
+    shape = known_shape(model.name)
     assert (shape.n_layers, shape.d_model, shape.d_mlp, shape.n_heads) == (
-        cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"])
+        model.n_layers, model.d_model, model.d_mlp, model.n_heads)
+    cfg = json.loads((cache_dir() / "models" / model.name / "config.json").read_text())
+    assert shape.n_layers == cfg["num_hidden_layers"] and shape.d_mlp == cfg["intermediate_size"]
 
 
 def test_shape_sites_errors_match_the_model_ones():
