@@ -149,6 +149,19 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=1, ensure_ascii=False, default=_default))
 
 
+def write_json(folder: str | None, name: str, obj):
+    """Write `obj` as `folder/name` (atomically; the folder is created) and return the path, or
+    None when no folder was asked for."""
+    if not folder:
+        return None
+    from pathlib import Path
+
+    from lmscope.engine.artifacts import atomic_write
+
+    text = json.dumps(obj, indent=1, ensure_ascii=False, default=_default)
+    return atomic_write(Path(folder) / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def _default(o):
     try:
         import torch

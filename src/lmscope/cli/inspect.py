@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import click
@@ -29,18 +28,10 @@ from ._common import (
     model_argument,
     model_name_argument,
     progress_enabled,
+    write_json,
 )
 from .config_options import Group, config_options
 from .params import LAYERS
-
-
-def _write_json(out: str | None, name: str, obj) -> None:
-    if out:
-        from ._common import _default
-
-        p = Path(out)
-        p.mkdir(parents=True, exist_ok=True)
-        (p / name).write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=_default))
 
 
 def _tok(text) -> str:
@@ -90,7 +81,7 @@ def decompose(model_name, prompt, target, baseline, layer, position, top, layer_
         figs = [str(plot_dla_layers(a, Path(out) / "dla_layers.png")),
                 str(plot_head_heatmap(a, Path(out) / "dla_heads.png"))]
     res["figures"] = figs
-    _write_json(out, "decompose.json", res)
+    write_json(out, "decompose.json", res)
     if as_json:
         emit_json(res)
         return
@@ -154,7 +145,7 @@ def token_edit(model_name, prompt, layer, position, subtract, add_, scale, absol
         from lmscope.plots.inspect_plots import plot_token_edit
 
         res["figures"] = [str(plot_token_edit(r, Path(out) / "token_edit.png"))]
-    _write_json(out, "token_edit.json", res)
+    write_json(out, "token_edit.json", res)
     if as_json:
         emit_json(res)
         return
@@ -220,7 +211,7 @@ def patchscope(model_name, source, source_pos, source_layer, target_layer, targe
                           target_layer=target_layer, placeholder=placeholder, k=top_k,
                           max_new_tokens=max_new_tokens)
         res = r.to_dict()
-        _write_json(out, "patchscope.json", res)
+        write_json(out, "patchscope.json", res)
         if as_json:
             emit_json(res)
             return
@@ -254,7 +245,7 @@ def patchscope(model_name, source, source_pos, source_layer, target_layer, targe
         if out:
             figs.append(str(P.plot_entity_sweep(es, Path(out) / "patchscope_entities.png")))
     res["figures"] = figs
-    _write_json(out, "patchscope_sweep.json", res)
+    write_json(out, "patchscope_sweep.json", res)
     if as_json:
         emit_json(res)
         return
@@ -309,7 +300,7 @@ def backpatch(model_name, data_file, config, relaxed, out, as_json, device, dtyp
         from lmscope.plots.inspect_plots import plot_backpatch
 
         res["figures"] = [str(plot_backpatch(r, Path(out) / "backpatch.png"))]
-    _write_json(out, "backpatch.json", res)
+    write_json(out, "backpatch.json", res)
     if as_json:
         emit_json(res)
         return

@@ -21,6 +21,7 @@ from ._common import (
     load_model,
     model_argument,
     progress_enabled,
+    write_json,
 )
 from .config_options import Group, config_options
 
@@ -169,13 +170,11 @@ def sweep(model_name, file, data, task, chat, config, raw, n_eval, out, record, 
     res = run_sweep(model, vec, t, cfg, progress=progress_enabled())
     d = res.to_dict()
     if out:
-        import json
         from pathlib import Path
 
         from lmscope.plots.vector_plots import plot_sweep
 
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "sweep.json").write_text(json.dumps(d, indent=1))
+        write_json(out, "sweep.json", d)
         d["plot"] = plot_sweep(res, Path(out) / "sweep.png", title=f"{t.name} on {model.name}")
     if record:
         _record(vec, file, "sweep", {k: d[k] for k in ("task", "metric", "goal", "base", "recommended", "rule")})
@@ -226,13 +225,11 @@ def verify(model_name, file, layer, coef, mode, raw, data, task, chat, n_random,
     rep = run_verify(model, vec, t, layer=layer, coef=coef, mode=mode, relative=not raw, n_random=n_random, seed=seed)
     d = rep.to_dict()
     if out:
-        import json
         from pathlib import Path
 
         from lmscope.plots.vector_plots import plot_verify
 
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "verify.json").write_text(json.dumps(d, indent=1))
+        write_json(out, "verify.json", d)
         d["plot"] = plot_verify(rep, Path(out) / "verify.png", title=f"{t.name} on {model.name}: layer {rep.layer}")
     if record:
         _record(vec, file, "verify", {k: d[k] for k in ("task", "layer", "coef", "mode", "metric", "add", "remove",
