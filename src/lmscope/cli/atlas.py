@@ -209,7 +209,7 @@ def compare(model_a, model_b, layers, perturb, seed, plot, as_json, device) -> N
 @click.option("--value", type=float, help="Clamp value (default: --times x the natural max).")
 @click.option("--times", default=10.0, show_default=True, help="Without --value: multiple of the natural max.")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable; default: the concept's prompt).")
-@click.option("--concept", help="Concept of lmscope/data/concepts.jsonl whose keywords are counted.")
+@click.option("--concept", help="Concept of lmscope/datasets/data/concepts.jsonl whose keywords are counted.")
 @click.option("--n", "n", default=1, show_default=True, type=click.IntRange(1, 100),
               help="Generations per prompt (n > 1 samples with --seed).")
 @config_options("lmscope.neurons.clamp:ClampConfig", exclude={"do_sample", "temperature", "n_samples"},

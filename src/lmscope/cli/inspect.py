@@ -272,7 +272,7 @@ def patchscope(model_name, source, source_pos, source_layer, target_layer, targe
 @inspect.command()
 @model_argument
 @click.option("--data", "data_file", type=click.Path(dir_okay=False),
-              help="Two-hop JSONL (default: lmscope/data/two_hop.jsonl).")
+              help="Two-hop JSONL (default: lmscope/datasets/data/two_hop.jsonl).")
 @config_options("lmscope.inspect.backpatching:BackpatchConfig", exclude={"require_hops"},
                 types={"k": click.IntRange(1, 1000), "max_cases": click.IntRange(1, 100_000),
                        "gen_tokens": click.IntRange(0, 256), "batch_size": click.IntRange(1, 4096)})

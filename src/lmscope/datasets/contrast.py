@@ -10,7 +10,7 @@ Three JSONL formats (one JSON object per line; blank lines are skipped; extra ke
 
 The format is detected from the first record; every later line must have the same fields, and
 a line that does not is an `InputError` naming the file, the line number and the missing
-field. The shipped datasets (`lmscope/data/*.jsonl`) load by name (`load_contrast("sentiment")`)
+field. The shipped datasets (`lmscope/datasets/data/*.jsonl`) load by name (`load_contrast("sentiment")`)
 and so do the user's own files (`load_contrast("my_pairs.jsonl")`).
 
     data = load_contrast("refusal")            # alias of refusal_prompts
@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lmscope.datasets import files as textfiles
-from lmscope.datasets import shipped
+from lmscope.datasets import files, shipped
 from lmscope.engine.errors import InputError
 
 Format = Literal["pairs", "completions", "sets"]
@@ -228,7 +227,7 @@ def dataset_path(source: str | Path) -> Path:
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) for every non-blank line; malformed lines are InputErrors."""
-    out = textfiles.read_jsonl(path, what="contrast set", example='{"positive": ..., "negative": ...}')
+    out = files.read_jsonl(path, what="contrast set", example='{"positive": ..., "negative": ...}')
     if not out:
         raise InputError(f"{path} has no records; expected JSON lines.")
     return out

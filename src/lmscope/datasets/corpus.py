@@ -2,7 +2,7 @@
 
 Sources: a list of strings, a `.txt` file (one document), a `.jsonl` file (one `{"text": ...}`
 per line), a `.json` file (a list of strings or of `{"text": ...}`), or a directory of such
-files (sorted by name). `None` means the shipped corpus `lmscope/data/corpus.jsonl`.
+files (sorted by name). `None` means the shipped corpus `lmscope/datasets/data/corpus.jsonl`.
 
 Windows never cross documents: each document is tokenized without special tokens, cut into
 chunks of `window - n_prefix` tokens, and each chunk gets the tokenizer's own prefix (BOS for
@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmscope.datasets import files as textfiles
-from lmscope.datasets import shipped
+from lmscope.datasets import files, shipped
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Batch
 
@@ -31,7 +30,7 @@ _SUFFIXES = (".txt", ".jsonl", ".json")
 
 
 def _read_jsonl(path: Path, field: str) -> list[str]:
-    return [_text_of(row, field, f"{path}:{i}") for i, row in textfiles.read_jsonl(path, objects=False)]
+    return [_text_of(row, field, f"{path}:{i}") for i, row in files.read_jsonl(path, objects=False)]
 
 
 def _text_of(row, field: str, where: str) -> str:
@@ -47,11 +46,11 @@ def _read_file(path: Path, field: str) -> list[str]:
     if path.suffix == ".jsonl":
         return _read_jsonl(path, field)
     if path.suffix == ".json":
-        data = textfiles.read_json(path)
+        data = files.read_json(path)
         if not isinstance(data, list):
             raise InputError(f"{path} holds a {type(data).__name__}; expected a JSON list of texts.")
         return [_text_of(r, field, f"{path}[{i}]") for i, r in enumerate(data)]
-    return [textfiles.read_text(path, what="corpus file")]
+    return [files.read_text(path, what="corpus file")]
 
 
 def read_texts(source: str | os.PathLike | Sequence[str] | None = None, *, field: str = "text") -> list[str]:
@@ -66,10 +65,10 @@ def read_texts(source: str | os.PathLike | Sequence[str] | None = None, *, field
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES)
-            if not files:
+            paths = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES)
+            if not paths:
                 raise InputError(f"Directory {path} has no {', '.join(_SUFFIXES)} files.")
-            texts = [t for f in files for t in _read_file(f, field)]
+            texts = [t for f in paths for t in _read_file(f, field)]
         elif path.is_file():
             texts = _read_file(path, field)
         else:
@@ -92,10 +91,10 @@ def read_prompts(path: str | os.PathLike, *, field: str | None = None) -> list[s
     if not p.is_file():
         raise InputError(f"No prompt file at {p}; pass a .txt (one prompt per line) or .jsonl file.")
     if p.suffix != ".jsonl":
-        out = textfiles.read_lines(p, what="prompt file")
+        out = files.read_lines(p, what="prompt file")
     else:
         out = []
-        for i, row in textfiles.read_jsonl(p, what="prompt file", objects=False):
+        for i, row in files.read_jsonl(p, what="prompt file", objects=False):
             key = field or next((k for k in ("text", "prompt") if isinstance(row, dict) and k in row), None)
             if key is None or not isinstance(row, dict) or not isinstance(row.get(key), str):
                 keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__

@@ -1,7 +1,7 @@
 """In-context-learning tasks: word -> word pairs, few-shot / zero-shot prompts, answer tokens.
 
 A task is a list of `{"input", "output"}` pairs (JSONL). The shipped ones live in
-`lmscope/data/tasks/*.jsonl` (antonym, country_capital, english_french, present_past,
+`lmscope/datasets/data/tasks/*.jsonl` (antonym, country_capital, english_french, present_past,
 singular_plural, capitalize, lowercase_first_letter, country_currency); any JSONL file of the
 same shape works too. `copy` (x -> x) is derived in code from the shipped words; it is the
 "identity" part that composition subtracts (see `lmscope.function_vectors.core.compose`).
@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from lmscope.datasets import files as textfiles
-from lmscope.datasets import shipped
+from lmscope.datasets import files, shipped
 from lmscope.engine.errors import InputError
 
 if TYPE_CHECKING:
@@ -175,7 +174,7 @@ def list_tasks() -> list[str]:
 
 def _read_jsonl(path: Path, name: str) -> list[tuple[str, str]]:
     pairs = []
-    for n, row in textfiles.read_jsonl(path, what="task file", objects=False):
+    for n, row in files.read_jsonl(path, what="task file", objects=False):
         if not isinstance(row, dict) or not isinstance(row.get("input"), str) or not isinstance(row.get("output"), str):
             raise InputError(f"{path}:{n}: expected an object with string fields 'input' and 'output', "
                              f"got {json.dumps(row)[:200]}.")

@@ -62,7 +62,7 @@ class FVConfig:
         n_test: Held-out queries for evaluation (never used as a query or a demonstration
             during extraction).
         seed: Seeds the split, the demonstrations and the random control.
-        template: Prompt template name (see `icl_tasks.TEMPLATES`).
+        template: Prompt template name (see `lmscope.datasets.icl.TEMPLATES`).
         drop_ambiguous: Drop pairs whose answer's first token equals the copied input's.
         n_aie_prompts: Shuffled-label prompts for the heads' indirect effects (`heads`).
         top_heads: Heads summed into the function vector (`heads`).

@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmscope.datasets import files as textfiles
-from lmscope.datasets import shipped
+from lmscope.datasets import files, shipped
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
 from lmscope.engine.readout import unembed
@@ -191,7 +190,7 @@ def read_pairs(data: str | os.PathLike | Sequence[dict] | None = None) -> list[d
         path = Path(data)
         if not path.is_file():
             raise InputError(f"No translation data at {path}; pass a JSONL file of {{lang: word}} objects.")
-        rows = [rec for _, rec in textfiles.read_jsonl(path, what="translation file", objects=False)]
+        rows = [rec for _, rec in files.read_jsonl(path, what="translation file", objects=False)]
     else:
         rows = list(data)
     for i, r in enumerate(rows):

@@ -6,7 +6,7 @@ and how rarely one of them alone flips the model's choice (the knowledge-neuron 
     demo.top1                 # ablating the best one on held-out prompts (AblationEffect)
     demo.curve                # k = 1..N top neurons vs k random ones (CurveResult)
 
-Data: `lmscope/data/singular_plural_agreement.jsonl`, rows `{"prompt_singular",
+Data: `lmscope/datasets/data/singular_plural_agreement.jsonl`, rows `{"prompt_singular",
 "prompt_plural", "singular", "plural"}` whose next word should be " this" / " these". The
 metric is the logit difference LD = logit(" these") - logit(" this") at the last token of the
 plural prompts; neurons are ranked by attribution (`neuron_causal.attribute`) on the first

@@ -150,7 +150,7 @@ def next_token_prob(model: Model, prompts: Sequence[str], token_ids: Sequence[in
 
 
 def load_concept(name: str) -> dict:
-    """A concept from `lmscope/data/concepts.jsonl`: {"concept", "prompt", "keywords"}."""
+    """A concept from `lmscope/datasets/data/concepts.jsonl`: {"concept", "prompt", "keywords"}."""
     rows = shipped.rows("concepts.jsonl")
     for r in rows:
         if r["concept"] == name:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmscope.datasets import files as textfiles
+from lmscope.datasets import files
 from lmscope.datasets.corpus import _prefix_ids
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
@@ -51,7 +51,7 @@ def load_labelled(source: str | os.PathLike | Sequence[dict]) -> tuple[list[str]
         path = Path(source)
         if not path.is_file():
             raise InputError(f"No labelled data at {path}; expected JSONL with {{'text', 'label'}} rows.")
-        rows = [rec for _, rec in textfiles.read_jsonl(path, what="labelled data")]
+        rows = [rec for _, rec in files.read_jsonl(path, what="labelled data")]
     texts, labels = [], []
     for i, r in enumerate(rows):
         if "text" in r and "label" in r:
