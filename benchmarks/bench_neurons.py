@@ -2,7 +2,7 @@
 against a shuffled-label null, the singular/plural ablation (top-1 and the k-curve vs random
 neurons, KL on neutral prompts) and a dose-response next to a control neuron.
 
-    python benchmarks/bench_neurons.py [--model gemma-3-270m] [--tokens 20000] [--layer 6] [--figures docs]
+    python benchmarks/bench_neurons.py [--model gemma-3-270m] [--tokens 20000] [--layer 6] [--figures docs/figures]
 
 Prints one JSON object; every number comes with the setting and control it is read against.
 """
