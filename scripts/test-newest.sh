@@ -23,31 +23,18 @@ VENV=.venv-newest
 LOCK=requirements/lock.txt
 T0=$SECONDS
 
-say() { echo "==> $*" >&2; }
-die() { echo "test-newest: $*" >&2; exit 1; }
-
-LOCK_TORCH=$(sed -nE 's/^(torch==[^ ;]+).*/\1/p' "$LOCK" 2>/dev/null | head -n1 || true)
-TORCH_SPEC=${TORCH_SPEC:-${LOCK_TORCH:-torch==2.13.0}}
+NAME=test-newest
+. scripts/venv-lib.sh
+TORCH_SPEC=$(lock_torch_spec)
 
 shopt -s nullglob
 TESTS=(tests/engine/test_*.py)
 shopt -u nullglob
 [ ${#TESTS[@]} -gt 0 ] || die "no tests/engine/test_*.py"
 
-if ! "$VENV/bin/python" -c 'pass' >/dev/null 2>&1; then
-  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
-    || die "$PY is missing or older than Python 3.10 (set PYTHON=/path/to/python3.X)"
-  say "creating $VENV with $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
-  "$PY" -m venv --clear "$VENV"
-fi
-VPY=$VENV/bin/python
+ensure_venv
 CONSTRAINTS=$VENV/.torch-constraint.txt
 case "$TORCH_SPEC" in torch*) echo "$TORCH_SPEC" >"$CONSTRAINTS" ;; *) : >"$CONSTRAINTS" ;; esac
-
-pip_install() {
-  "$VPY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" "$@" 2>&1 \
-    | { grep -Ev "^WARNING: Location 'file://[^']*' is ignored" || true; } >&2
-}
 
 say "[1/4] $TORCH_SPEC (the lock's pin; CPU wheel)"
 pip_install "$TORCH_SPEC" || die "installing $TORCH_SPEC failed"
