@@ -100,3 +100,24 @@ def smollm():
 def tiny_llama():
     """One tiny random llama (for tests that need a model but no family sweep)."""
     return make_tiny("llama")
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """CLI tests: a model load fails the test (the arguments should have been rejected first)."""
+    from lmscope.engine import loading
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded although the arguments were bad")
+
+    monkeypatch.setattr(loading, "load", boom)
+
+
+@pytest.fixture
+def tiny_load(monkeypatch):
+    """CLI tests: every model load returns one tiny random llama."""
+    from lmscope.engine import loading
+
+    model = make_tiny("llama")
+    monkeypatch.setattr(loading, "load", lambda *a, **k: model)
+    return model

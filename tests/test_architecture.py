@@ -133,3 +133,15 @@ def test_every_family_has_a_cli_module_a_docs_page_and_tests():
         if not (root / "docs" / f"{fam}.md").is_file():
             missing.append(f"docs/{fam}.md")
     assert not missing, "families without their room: " + ", ".join(missing)
+
+
+def test_every_lazy_export_of_a_family_resolves():
+    """A family's `__init__` names each public object once; every name must import (a
+    generated export table once listed "(" and lost the names of a multi-line import)."""
+    import importlib
+
+    for init in sorted(SRC.glob("*/__init__.py")):
+        pkg = importlib.import_module(f"lmscope.{init.parent.name}")
+        for name in getattr(pkg, "__all__", []):
+            assert name.isidentifier(), f"lmscope.{init.parent.name} exports {name!r}"
+            assert getattr(pkg, name) is not None

@@ -8,8 +8,6 @@ import sys
 import pytest
 import torch
 
-from conftest import make_tiny
-
 
 def _run(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
     from lmscope.cli import main as cli_main
@@ -23,25 +21,6 @@ def _run(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
     err = capsys.readouterr().err
     assert "Internal error" not in err and "Traceback" not in err
     return code, err
-
-
-@pytest.fixture
-def no_load(monkeypatch):
-    from lmscope.engine import loading
-
-    def boom(*a, **k):
-        raise AssertionError("the model was loaded although the arguments were bad")
-
-    monkeypatch.setattr(loading, "load", boom)
-
-
-@pytest.fixture
-def tiny_load(monkeypatch):
-    from lmscope.engine import loading
-
-    model = make_tiny("llama")
-    monkeypatch.setattr(loading, "load", lambda *a, **k: model)
-    return model
 
 
 @pytest.mark.parametrize("argv", [

@@ -48,8 +48,8 @@ def test_known_shapes_cover_the_embedded_models():
 def test_embedded_shapes_match_the_loaded_models(request, fixture):
     model = request.getfixturevalue(fixture)  # converts the embedded model on first use
     shape = known_shape(model.name)
-    assert (shape.n_layers, shape.d_model, shape.d_mlp, shape.n_heads) == (
-        model.n_layers, model.d_model, model.d_mlp, model.n_heads)
+    assert (shape.n_layers, shape.d_model, shape.d_mlp, shape.n_heads, shape.n_kv_heads) == (
+        model.n_layers, model.d_model, model.d_mlp, model.n_heads, model.n_kv_heads)
     cfg = json.loads((cache_dir() / "models" / model.name / "config.json").read_text())
     assert shape.n_layers == cfg["num_hidden_layers"] and shape.d_mlp == cfg["intermediate_size"]
 

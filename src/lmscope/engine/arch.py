@@ -51,6 +51,12 @@ class ArchSpec:
         mlp_post_norm: Post-MLP norm or None.
         norm_kind: How the norms compute (`rms`: x/rms*w, `rms_one_plus`: x/rms*(1+w),
             `layer`: LayerNorm).
+        attn_norm: The pre-attention norm in a block (what q, k and v read through), or None
+            when attention reads the residual directly (OLMo 2).
+        q_proj, k_proj, v_proj: The query, key and value projections in a block.
+        qkv: One fused projection computing q, k and v (Phi-3, GPT-2, GPT-NeoX), or None.
+        qkv_layout: How the fused output is laid out: `concat` ([q | k | v] along the last
+            axis) or `neox` (per head, [q | k | v] of that head).
     """
 
     family: str
@@ -71,6 +77,12 @@ class ArchSpec:
     attn_post_norm: str | None = None
     mlp_post_norm: str | None = None
     norm_kind: NormKind = "rms"
+    attn_norm: str | None = "input_layernorm"
+    q_proj: str = "self_attn.q_proj"
+    k_proj: str = "self_attn.k_proj"
+    v_proj: str = "self_attn.v_proj"
+    qkv: str | None = None
+    qkv_layout: Literal["concat", "neox"] = "concat"
     extra: dict = field(default_factory=dict)
 
 
@@ -91,11 +103,12 @@ FAMILIES: dict[str, ArchSpec] = {
     "mistral": replace(_LLAMA, family="mistral"),
     "qwen2": replace(_LLAMA, family="qwen2"),
     "qwen3": replace(_LLAMA, family="qwen3"),
-    "phi3": replace(_LLAMA, family="phi3", gate=None, up="mlp.gate_up_proj", fused_gate_up=True),
+    "phi3": replace(_LLAMA, family="phi3", gate=None, up="mlp.gate_up_proj", fused_gate_up=True,
+                    qkv="self_attn.qkv_proj"),
     "gemma3_text": _GEMMA_POST,
     "gemma2": replace(_GEMMA_POST, family="gemma2"),
     # OLMo 2 has post-norms and no pre-norms: the MLP itself is the first reader of resid_mid.
-    "olmo2": replace(_GEMMA_POST, family="olmo2", resid_mid="mlp", norm_kind="rms"),
+    "olmo2": replace(_GEMMA_POST, family="olmo2", resid_mid="mlp", norm_kind="rms", attn_norm=None),
     "gpt2": ArchSpec(
         family="gpt2",
         layers="transformer.h",
@@ -110,6 +123,8 @@ FAMILIES: dict[str, ArchSpec] = {
         up="mlp.c_fc",
         conv1d=True,
         norm_kind="layer",
+        attn_norm="ln_1",
+        qkv="attn.c_attn",
     ),
     "gpt_neox": ArchSpec(
         family="gpt_neox",
@@ -124,6 +139,8 @@ FAMILIES: dict[str, ArchSpec] = {
         gate=None,
         up="mlp.dense_h_to_4h",
         norm_kind="layer",
+        qkv="attention.query_key_value",
+        qkv_layout="neox",
     ),
 }
 
@@ -173,6 +190,9 @@ def validate(model: nn.Module, spec: ArchSpec) -> None:
     block = get_module(model, spec.layers)[0]  # type: ignore[index]
     for path in (spec.attn, spec.o_proj, spec.attn_out[0], spec.mlp_out[0], spec.down, spec.up):
         get_module(block, path)
-    for path in (spec.resid_mid, spec.gate, spec.attn_post_norm, spec.mlp_post_norm):
+    for path in (spec.resid_mid, spec.gate, spec.attn_post_norm, spec.mlp_post_norm, spec.attn_norm, spec.qkv):
         if path is not None:
+            get_module(block, path)
+    if spec.qkv is None:
+        for path in (spec.q_proj, spec.k_proj, spec.v_proj):
             get_module(block, path)

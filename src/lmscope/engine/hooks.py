@@ -44,6 +44,8 @@ class _Point:
     index: int | None = None  # element of a tuple output
     chunk: tuple[int, int] | None = None  # (i, n): i-th of n equal chunks of the last dim
     heads: int | None = None  # split the last dim into (heads, -1)
+    span: tuple[int, int] | None = None  # [start, stop) of the last dim (q, k or v of a fused projection)
+    neox: int | None = None  # GPT-NeoX fused qkv: the last dim is (head, 3, d_head); take this one of 3
 
 
 def point_for(model: Model, site: Site) -> _Point:
@@ -71,6 +73,8 @@ def point_for(model: Model, site: Site) -> _Point:
     if k in ("attn_out", "mlp_out"):
         path, which = spec.attn_out if k == "attn_out" else spec.mlp_out
         return _Point(get_module(block, path), "out", index=0 if which == "output0" else None)
+    if k in ("attn.q", "attn.k", "attn.v"):
+        return _qkv_point(model, block, k[-1])
     if k == "attn.z":
         return _Point(get_module(block, spec.o_proj), "in", heads=model.n_heads)
     if k == "attn.head_out":
@@ -88,6 +92,21 @@ def point_for(model: Model, site: Site) -> _Point:
             return _Point(get_module(block, spec.gate), "out")
         return _Point(get_module(block, spec.up), "out")
     raise SiteError(f"Unknown site kind {k!r}.")
+
+
+def _qkv_point(model: Model, block: nn.Module, which: str) -> _Point:
+    """Queries, keys or values split into heads, from a separate or a fused projection."""
+    spec = model.spec
+    heads = model.n_heads if which == "q" else model.n_kv_heads
+    if spec.qkv is None:
+        path = {"q": spec.q_proj, "k": spec.k_proj, "v": spec.v_proj}[which]
+        return _Point(get_module(block, path), "out", heads=heads)
+    i = "qkv".index(which)
+    if spec.qkv_layout == "neox":
+        return _Point(get_module(block, spec.qkv), "out", neox=i, heads=model.n_heads)
+    sizes = [model.n_heads * model.d_head, model.n_kv_heads * model.d_head, model.n_kv_heads * model.d_head]
+    start = sum(sizes[:i])
+    return _Point(get_module(block, spec.qkv), "out", heads=heads, span=(start, start + sizes[i]))
 
 
 @dataclass
@@ -247,18 +266,29 @@ def _get(p: _Point, args, kwargs, output) -> Tensor:
         i, n = p.chunk
         size = x.shape[-1] // n
         x = x[..., i * size : (i + 1) * size]
+    if p.span is not None:
+        x = x[..., p.span[0] : p.span[1]]
+    if p.neox is not None:
+        return x.unflatten(-1, (p.heads, 3, -1))[..., p.neox, :]
     if p.heads is not None:
         x = x.unflatten(-1, (p.heads, -1))
     return x
 
 
 def _put(p: _Point, args, kwargs, output, new: Tensor):
-    if p.heads is not None:
-        new = new.flatten(-2)
-    if p.chunk is not None:
+    if p.neox is not None or p.span is not None or p.chunk is not None:
         full = args[0] if p.io == "in" and args else (kwargs.get("hidden_states") if p.io == "in" else None)
         if full is None:
             full = output if p.index is None or isinstance(output, Tensor) else output[p.index]
+    if p.neox is not None:
+        parts = list(full.unflatten(-1, (p.heads, 3, -1)).unbind(-2))
+        parts[p.neox] = new
+        new = torch.stack(parts, -2).flatten(-3)
+    elif p.heads is not None:
+        new = new.flatten(-2)
+    if p.span is not None:
+        new = torch.cat([full[..., : p.span[0]], new, full[..., p.span[1] :]], -1)
+    if p.chunk is not None:
         i, n = p.chunk
         size = full.shape[-1] // n
         new = torch.cat([full[..., : i * size], new, full[..., (i + 1) * size :]], -1)

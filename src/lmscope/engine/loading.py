@@ -65,20 +65,23 @@ class ModelShape:
     d_model: int
     d_mlp: int
     n_heads: int
+    n_kv_heads: int
 
     def sites(self, spec: str | S.Site) -> list[S.Site]:
         """Resolve a site string as `Model.sites` does: the same grammar and the same errors."""
         n_units = {"mlp.neurons": self.d_mlp, "mlp.gate": self.d_mlp, "mlp.up": self.d_mlp,
+                   "attn.q": self.n_heads, "attn.k": self.n_kv_heads, "attn.v": self.n_kv_heads,
                    "attn.z": self.n_heads, "attn.head_out": self.n_heads, "attn.pattern": self.n_heads}
         return S.resolve(spec, self.n_layers, n_units, self.name)
 
 
 #: embedded name -> its dimensions, as in the converted config.json (num_hidden_layers,
-#: hidden_size, intermediate_size, num_attention_heads); a test compares them with the cache.
+#: hidden_size, intermediate_size, num_attention_heads, num_key_value_heads); a test compares them with the cache.
 EMBEDDED_SHAPES = {
-    "gemma-3-270m": ModelShape(name="gemma-3-270m", n_layers=18, d_model=640, d_mlp=2048, n_heads=4),
+    "gemma-3-270m": ModelShape(name="gemma-3-270m", n_layers=18, d_model=640, d_mlp=2048, n_heads=4,
+                               n_kv_heads=1),
     "smollm2-135m-instruct": ModelShape(name="smollm2-135m-instruct", n_layers=30, d_model=576, d_mlp=1536,
-                                        n_heads=9),
+                                        n_heads=9, n_kv_heads=3),
 }
 
 

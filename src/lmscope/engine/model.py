@@ -55,6 +55,7 @@ class Model:
         self.n_heads = cfg.num_attention_heads
         self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
         self.d_mlp = self.weights.W_out(0).shape[0]
+        self.n_kv_heads = self.weights.n_kv_heads()
         self.d_vocab = self.weights.W_U.shape[1]
         self.n_ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         if tokenizer is not None:
@@ -103,7 +104,7 @@ class Model:
         return {
             "name": self.name, "source": self.source, "family": self.family,
             "model_type": self.hf.config.model_type, "n_layers": self.n_layers, "d_model": self.d_model,
-            "n_heads": self.n_heads, "n_kv_heads": getattr(self.hf.config, "num_key_value_heads", self.n_heads),
+            "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
             "d_head": self.d_head, "d_mlp": self.d_mlp, "d_vocab": self.d_vocab, "n_ctx": self.n_ctx,
             "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
@@ -117,6 +118,7 @@ class Model:
     def sites(self, spec: str | S.Site) -> list[S.Site]:
         """Resolve a site string (with `*`, negative layers, units) against this model."""
         n_units = {"mlp.neurons": self.d_mlp, "mlp.gate": self.d_mlp, "mlp.up": self.d_mlp,
+                   "attn.q": self.n_heads, "attn.k": self.n_kv_heads, "attn.v": self.n_kv_heads,
                    "attn.z": self.n_heads, "attn.head_out": self.n_heads, "attn.pattern": self.n_heads}
         return S.resolve(spec, self.n_layers, n_units, self.name)
 
@@ -131,14 +133,16 @@ class Model:
         k = site.kind
         if k.startswith("mlp."):
             n = self.d_mlp
-        elif k == "attn.z":
+        elif k in ("attn.z", "attn.q"):
             n = self.n_heads
+        elif k in ("attn.k", "attn.v"):
+            n = self.n_kv_heads
         elif k == "logits":
             return (self.d_vocab,)
         else:
             return (self.d_model,)
         n = len(site.units) if site.units is not None else n
-        return (n, self.d_head) if k == "attn.z" else (n,)
+        return (n, self.d_head) if k.startswith("attn.") else (n,)
 
     # ---- tokens ------------------------------------------------------------------------
     def format_chat(self, prompt: str, system: str | None = None) -> str:
@@ -161,6 +165,24 @@ class Model:
         if self.n_ctx and n > self.n_ctx:
             raise InputError(f"A prompt has {n} tokens but {self.name} takes at most {self.n_ctx}; shorten it.")
         return Batch(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), prompts)
+
+    def batch_of_ids(self, rows: Sequence[Sequence[int]], prompts: Sequence[str] | None = None) -> Batch:
+        """A left-padded batch of token-id rows (prompts built as ids: random-token sequences,
+        circuit tasks). `prompts` are display texts; decoded from the ids when omitted."""
+        rows = [list(map(int, r)) for r in rows]
+        if not rows or any(not r for r in rows):
+            raise InputError("batch_of_ids needs at least one row and no empty row.")
+        n = max(map(len, rows))
+        if self.n_ctx and n > self.n_ctx:
+            raise InputError(f"A row has {n} tokens but {self.name} takes at most {self.n_ctx}; shorten it.")
+        bad = [t for r in rows for t in r if not 0 <= t < self.d_vocab]
+        if bad:
+            raise InputError(f"Token id {bad[0]} is outside the vocabulary of {self.name} (0..{self.d_vocab - 1}).")
+        pad = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
+        ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows])
+        texts = list(prompts) if prompts is not None else [self.tokenizer.decode(r) for r in rows]
+        return Batch(ids.to(self.device), mask.to(self.device), texts)
 
     def to_str_tokens(self, text: str) -> list[str]:
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]

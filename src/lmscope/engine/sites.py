@@ -6,6 +6,9 @@
     layers.L.resid_post          residual leaving block L (= resid_pre of L+1)
     layers.L.attn_out            what attention writes into the residual
     layers.L.mlp_out             what the MLP writes into the residual
+    layers.L.attn.q              per-head queries, output of the query projection [batch pos head d_head]
+    layers.L.attn.k              per-KV-head keys (grouped-query attention: fewer heads) [batch pos kv_head d_head]
+    layers.L.attn.v              per-KV-head values                     [batch pos kv_head d_head]
     layers.L.attn.z              per-head attention result, input of o_proj  [batch pos head d_head]
     layers.L.attn.head_out       each head's write into the residual (capture only) [batch pos head d_model]
     layers.L.attn.pattern        attention probabilities (capture only)  [batch head q_pos k_pos]
@@ -29,6 +32,9 @@ from lmscope.engine.errors import SiteError
 
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 BLOCK_KINDS = RESID_KINDS + (
+    "attn.q",
+    "attn.k",
+    "attn.v",
     "attn.z",
     "attn.head_out",
     "attn.pattern",
@@ -37,7 +43,7 @@ BLOCK_KINDS = RESID_KINDS + (
     "mlp.up",
 )
 GLOBAL_KINDS = ("embed", "final_norm", "logits")
-UNIT_KINDS = ("attn.z", "attn.head_out", "attn.pattern", "mlp.neurons", "mlp.gate", "mlp.up")
+UNIT_KINDS = ("attn.q", "attn.k", "attn.v", "attn.z", "attn.head_out", "attn.pattern", "mlp.neurons", "mlp.gate", "mlp.up")
 CAPTURE_ONLY = ("attn.head_out", "attn.pattern")
 
 _PATTERN = re.compile(r"^layers\.(-?\d+|\*)\.([a-z_.]+?)(?:\[([-\d,\s]*)\])?$")

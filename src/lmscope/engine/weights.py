@@ -76,6 +76,19 @@ class Weights:
         w = self._linear(get_module(self._m.block(layer), self._m.spec.o_proj))  # [d_model, h*d_head]
         return w.t().unflatten(0, (self._m.n_heads, -1))
 
+    def n_kv_heads(self) -> int:
+        """Key/value heads, read from the key projection's width (the config attribute is
+        absent or ignored in some families: GPT-2 and GPT-NeoX have no grouped-query attention)."""
+        m, spec = self._m, self._m.spec
+        block = m.block(0)
+        if spec.qkv is None:
+            width = self._linear(get_module(block, spec.k_proj)).shape[0]
+        elif spec.qkv_layout == "neox":
+            return m.n_heads
+        else:
+            width = (self._linear(get_module(block, spec.qkv)).shape[0] - m.n_heads * m.d_head) // 2
+        return width // m.d_head
+
     def b_O(self, layer: int) -> Tensor | None:  # noqa: N802
         return getattr(get_module(self._m.block(layer), self._m.spec.o_proj), "bias", None)
 

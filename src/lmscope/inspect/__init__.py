@@ -4,7 +4,10 @@ token-space edits, Patchscopes and back-patching."""
 from lmscope.engine.lazy import lazy_exports
 
 _EXPORTS = {  # name -> module of this family
-    "(": "patchscopes",
+    "Attribution": "decomposition", "Decomposition": "decomposition", "decompose": "decomposition",
+    "logit_attribution": "decomposition", "token_edit": "decomposition",
+    "PatchscopeResult": "patchscopes", "entity_sweep": "patchscopes", "identity_sweep": "patchscopes",
+    "patchscope": "patchscopes",
     "BackpatchConfig": "backpatching", "BackpatchResult": "backpatching", "backpatch": "backpatching",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

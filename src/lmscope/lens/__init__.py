@@ -3,7 +3,8 @@
 from lmscope.engine.lazy import lazy_exports
 
 _EXPORTS = {  # name -> module of this family
-    "(": "tuned",
+    "LensComparison": "tuned", "TunedLens": "tuned", "TunedLensConfig": "tuned", "compare_lenses": "tuned",
+    "train_tuned_lens": "tuned",
     "LatentConfig": "latent", "LatentLanguageResult": "latent", "latent_language": "latent",
     "LensResult": "logit", "logit_lens": "logit", "run_lens": "logit",
 }

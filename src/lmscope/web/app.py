@@ -7,6 +7,7 @@
     POST /api/logit_lens            layers x positions top tokens     (lens.logit_lens)
     GET  /api/atlas/search?q=dog    neurons whose decoded tokens match (atlas.load_atlas().search)
     GET  /api/neuron/{layer}/{n}    one neuron's weights in token space (atlas.decode_neuron)
+    POST /api/circuit               a task's pruned circuit + controls (circuits.find_circuit)
 
 One model per process, loaded before the server starts. Every call that touches the model is
 a job on one `Worker` thread (the hook engine keeps per-model state, so two forwards must not
@@ -39,9 +40,11 @@ from starlette.exceptions import HTTPException
 
 from lmscope.engine.errors import InputError, LmscopeError
 
+from . import circuits
 from .bodies import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
+    CircuitRequest,
     GenerateRequest,
     LensRequest,
     RunRequest,
@@ -221,14 +224,16 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
             "max_prompt_tokens": max_prompt_tokens, "max_lens_entries": MAX_LENS_ENTRIES,
             "max_lens_logits": MAX_LENS_LOGITS, "max_body_bytes": MAX_BODY_BYTES,
             "atlas_path": str(path) if path else None, "atlas_available": bool(path and path.is_file()),
-            "vector_dirs": [str(f) for f in folders.folders], "queue": model_q.status()}}
+            "vector_dirs": [str(f) for f in folders.folders], "circuit_tasks": circuits.task_names(),
+            "max_circuit_pairs": circuits.MAX_PAIRS, "queue": model_q.status()}}
 
     def timed(name: str, fn):
         """`fn` with a log line of its duration (the user's text is never logged whole)."""
         def job(req):
             t0 = time.perf_counter()
             out = fn(req)
-            log.info("%s %s: %.2f s", name, short(getattr(req, "prompt", "")), time.perf_counter() - t0)
+            what = getattr(req, "prompt", None) or getattr(req, "task", "")
+            log.info("%s %s: %.2f s", name, short(what), time.perf_counter() - t0)
             return out
         return job
 
@@ -262,6 +267,11 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
                 "(a bound on response size and on the time the model is held). Shorten the prompt or lower top_k.")
         return lens(model, req.prompt, targets=req.targets, top_k=req.top_k, chat=req.chat).to_dict()
 
+    def circuit_job(req: CircuitRequest) -> dict:
+        find_circuit = _optional("lmscope.circuits.discovery", "find_circuit")
+        config = _optional("lmscope.circuits.discovery", "CircuitConfig")
+        return circuits.find(model, req, find_circuit, config)
+
     @app.post("/api/run")
     async def run(req: RunRequest):
         return await model_q.run(timed("run", run_job), req)
@@ -273,6 +283,10 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     @app.post("/api/logit_lens")
     async def logit_lens(req: LensRequest):
         return await model_q.run(timed("logit_lens", lens_job), req)
+
+    @app.post("/api/circuit")
+    async def circuit(req: CircuitRequest):
+        return await model_q.run(timed("circuit", circuit_job), req)
 
     @app.get("/api/atlas/search")
     async def atlas_search(q: Annotated[str, Query(min_length=1, max_length=200)],

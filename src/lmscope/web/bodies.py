@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from . import circuits
 
 MAX_NEW_TOKENS = 128
 MAX_PROMPT_CHARS = 4000
@@ -51,6 +53,23 @@ class LensRequest(_Body):
     targets: list[Annotated[str, Field(max_length=MAX_TARGET_CHARS)]] = Field(default_factory=list, max_length=8)
     top_k: int = Field(5, ge=1, le=20)
     chat: bool = False
+
+
+class CircuitRequest(_Body):
+    """A circuit search: a task *name* (`circuits.task_names()`; never a path), its size and the
+    attribution, ablation and faithfulness target of `lmscope.circuits.CircuitConfig`."""
+
+    task: str = Field(min_length=1, max_length=200)
+    n: int = Field(8, ge=1, le=circuits.MAX_PAIRS)
+    method: Literal["eap-ig", "eap"] = "eap-ig"
+    ablation: Literal["resample", "mean", "zero"] = "resample"
+    target: float = Field(0.8, gt=0, le=1.5, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        return circuits.check_task(v)
 
 
 def _clean(x) -> str | int:

@@ -119,6 +119,12 @@ async function loadInfo() {
   $("neuron-layer").min = -i.n_layers;
   $("neuron-n").max = i.d_mlp - 1;
   $("neuron-n").min = -i.d_mlp;
+  if (i.studio.circuit_tasks) {  // the generators and the shipped task files the server runs
+    const sel = $("circ-task"), was = sel.value;
+    sel.replaceChildren(...i.studio.circuit_tasks.map((t) => el("option", { value: t }, t)));
+    if (i.studio.circuit_tasks.includes(was)) sel.value = was;
+    $("circ-n").max = i.studio.max_circuit_pairs;
+  }
   if (!i.studio.atlas_available) {
     $("search-status").textContent = `No atlas at ${i.studio.atlas_path}; build it once with ` +
       `\`lmscope atlas build ${i.name}\` (decoding a neuron below works without it).`;
