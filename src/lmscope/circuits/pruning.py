@@ -222,7 +222,9 @@ def smallest_k(ev: Evaluator, scores: EdgeScores, target: float, curve: Curve) -
 def learn_mask(ev: Evaluator, cfg: PruneConfig) -> tuple[Tensor, dict]:
     """Keep-probabilities learned by gradient descent; returns (kept edges [S, R], history)."""
     valid = ev.valid
-    theta = torch.full(valid.shape, 3.0, requires_grad=True)
+    # start every edge at keep-probability 0.73: Adam moves each logit by about `lr` a step, so
+    # an edge nothing holds up crosses 0.5 after ~1/lr steps
+    theta = torch.full(valid.shape, 1.0, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=cfg.lr)
     clean_rows = [r.detach() for r in ev.per_row(valid)]
     gap = ev.clean - ev.empty
@@ -239,7 +241,7 @@ def learn_mask(ev: Evaluator, cfg: PruneConfig) -> tuple[Tensor, dict]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        hist.append({"fit": float(fit), "density": float(density)})
+        hist.append({"fit": float(fit.detach()), "density": float(density.detach())})
     return (torch.sigmoid(theta.detach()) > 0.5) & valid, {"history": hist}
 
 
