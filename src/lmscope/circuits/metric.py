@@ -30,7 +30,7 @@ from lmscope.engine.runner import run
 METRICS = ("logit_diff", "prob_diff", "logprob")
 
 
-def _padded(ids: list[list[int]], lists: list[list[int]]) -> tuple[Tensor, Tensor]:
+def _padded(lists: list[list[int]]) -> tuple[Tensor, Tensor]:
     """Ragged id lists -> [n, k] ids and a [n, k] mask."""
     k = max(1, max(map(len, lists)))
     out = torch.zeros(len(lists), k, dtype=torch.long)
@@ -90,8 +90,8 @@ class TaskRun:
                 else:
                     ans.append(task.answers[i])
                     wrong.append(task.wrong[i])
-        a, am = _padded(ans, ans)
-        w, wm = _padded(wrong, wrong)
+        a, am = _padded(ans)
+        w, wm = _padded(wrong)
         dev = model.device
         return cls(model, task, clean, corrupt, torch.tensor(rows, device=dev), torch.tensor(cols, device=dev),
                    a.to(dev), am.to(dev), w.to(dev), wm.to(dev))

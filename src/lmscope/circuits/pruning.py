@@ -32,7 +32,7 @@ from lmscope.circuits.attribution import EdgeScores, _chunks, _subrun, reference
 from lmscope.circuits.graph import Circuit, edges_of
 from lmscope.circuits.metric import TaskRun
 from lmscope.engine import readout
-from lmscope.engine.edges import EdgeRun
+from lmscope.engine.edges import EdgeRun, Graph
 from lmscope.engine.errors import InputError
 from lmscope.engine.results import Result, Table
 
@@ -277,7 +277,7 @@ def decode_nodes(run: TaskRun, nodes: list[str], k: int = 5) -> dict[str, list[s
     from lmscope.engine.edges import sender_outputs
 
     model = run.model
-    names = EdgeRun(model).graph.senders
+    names = Graph.of(model).senders
     wanted = [n for n in nodes if n in names]
     if not wanted:
         return {}

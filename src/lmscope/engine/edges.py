@@ -142,9 +142,7 @@ class EdgeRun:
     def __init__(self, model: Model) -> None:
         self.model = model
         self.graph = Graph.of(model)
-        spec = model.spec
-        self._proj = {w: Site(f"attn.{w}") for w in "qkv"}
-        self._norm_path = spec.attn_norm
+        self._norm_path = model.spec.attn_norm
 
     def _reader(self, layer: int, which: str):
         """xs [n, ..., d_model] (receiver i's copy of the block input) -> receiver i's head
