@@ -136,9 +136,10 @@ class TokenWindows:
         mask = self.mask if rows is None else self.mask[rows]
         return mask & (mask.long().cumsum(1) > self.n_prefix)
 
-    def batches(self, batch_size: int, device) -> Iterator[tuple[Tensor, Batch, Tensor]]:
-        """(window indices [b], Batch, valid [b, cols]) chunks; all-padding columns trimmed."""
-        for lo in range(0, len(self), batch_size):
+    def batches(self, batch_size: int, device, *, start: int = 0) -> Iterator[tuple[Tensor, Batch, Tensor]]:
+        """(window indices [b], Batch, valid [b, cols]) chunks from batch number `start` on;
+        all-padding columns trimmed."""
+        for lo in range(start * batch_size, len(self), batch_size):
             rows = torch.arange(lo, min(lo + batch_size, len(self)))
             mask = self.mask[rows]
             first = int((mask.any(0)).long().argmax())  # first column holding a real token

@@ -15,6 +15,7 @@ Conventions (TransformerLens vocabulary):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -196,3 +197,25 @@ def validate(model: nn.Module, spec: ArchSpec) -> None:
     if spec.qkv is None:
         for path in (spec.q_proj, spec.k_proj, spec.v_proj):
             get_module(block, path)
+
+
+_BLOCK_PATH = re.compile(r"^(?:.*\.)?(?:layers|h|blocks)\.(\d+)(?:\.(.+))?$")
+
+
+def module_site(module: str, io: str, arch: ArchSpec) -> str:
+    """The site of a HF module's input or output ("layers.6.mlp", "input" -> "layers.6.mlp_in")
+    per `arch`, or "" when the module is not one a site reads (dictionaries published with HF
+    hook names are mapped onto the site grammar with this)."""
+    m = _BLOCK_PATH.match(module)
+    if not m:
+        embed = arch.embed.rsplit(".", 1)[-1]
+        return "embed" if io == "output" and (module == embed or module.endswith("." + embed)) else ""
+    layer, rest = m.group(1), m.group(2) or ""
+    mlp = arch.down.rsplit(".", 1)[0]
+    table = {("", "output"): "resid_post", ("", "input"): "resid_pre", (arch.attn_out[0], "output"): "attn_out",
+             (arch.mlp_out[0], "output"): "mlp_out", (mlp, "input"): "mlp_in"}
+    if arch.resid_mid is not None and arch.resid_mid != mlp:  # the pre-MLP norm: reads resid_mid, feeds the MLP
+        table.setdefault((arch.resid_mid, "input"), "resid_mid")
+        table.setdefault((arch.resid_mid, "output"), "mlp_in")
+    kind = table.get((rest, io), "")
+    return f"layers.{layer}.{kind}" if kind else ""

@@ -73,6 +73,8 @@ def point_for(model: Model, site: Site) -> _Point:
     if k in ("attn_out", "mlp_out"):
         path, which = spec.attn_out if k == "attn_out" else spec.mlp_out
         return _Point(get_module(block, path), "out", index=0 if which == "output0" else None)
+    if k == "mlp_in":  # the MLP module (parent of the down projection) reads the normed residual
+        return _Point(get_module(block, spec.down.rsplit(".", 1)[0]), "in")
     if k in ("attn.q", "attn.k", "attn.v"):
         return _qkv_point(model, block, k[-1])
     if k == "attn.z":

@@ -128,6 +128,13 @@ class Model:
             raise SiteError(f"{spec!r} names {len(found)} sites; name one layer.")
         return found[0]
 
+    def module_site(self, module: str, io: str) -> str:
+        """The site a HF module's "input" or "output" is ("model.layers.6.mlp", "input" ->
+        "layers.6.mlp_in"), or "" (for dictionaries published with HF module names)."""
+        from lmscope.engine.arch import module_site
+
+        return module_site(module, io, self.spec)
+
     def feature_shape(self, site: S.Site) -> tuple[int, ...]:
         """Shape of one position's activation at `site` (after unit selection)."""
         k = site.kind

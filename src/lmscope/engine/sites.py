@@ -6,6 +6,7 @@
     layers.L.resid_post          residual leaving block L (= resid_pre of L+1)
     layers.L.attn_out            what attention writes into the residual
     layers.L.mlp_out             what the MLP writes into the residual
+    layers.L.mlp_in              what the MLP reads: its input, after the pre-MLP norm (transcoders)
     layers.L.attn.q              per-head queries, output of the query projection [batch pos head d_head]
     layers.L.attn.k              per-KV-head keys (grouped-query attention: fewer heads) [batch pos kv_head d_head]
     layers.L.attn.v              per-KV-head values                     [batch pos kv_head d_head]
@@ -32,6 +33,7 @@ from lmscope.engine.errors import SiteError
 
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 BLOCK_KINDS = RESID_KINDS + (
+    "mlp_in",
     "attn.q",
     "attn.k",
     "attn.v",

@@ -8,6 +8,8 @@
     GET  /api/atlas/search?q=dog    neurons whose decoded tokens match (atlas.load_atlas().search)
     GET  /api/neuron/{layer}/{n}    one neuron's weights in token space (atlas.decode_neuron)
     POST /api/circuit               a task's pruned circuit + controls (circuits.find_circuit)
+    POST /api/sae                   an SAE's card, a latent's page, a search, steering (web.saes)
+    GET  /api/sae/folders           SAE folders the studio may read
 
 One model per process, loaded before the server starts. Every call that touches the model is
 a job on one `Worker` thread (the hook engine keeps per-model state, so two forwards must not
@@ -38,9 +40,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from lmscope.engine.errors import InputError, LmscopeError
+from lmscope.engine.errors import ArtifactError, InputError, LmscopeError
 
-from . import circuits
+from . import circuits, saes
 from .bodies import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
@@ -48,6 +50,7 @@ from .bodies import (
     GenerateRequest,
     LensRequest,
     RunRequest,
+    SaeRequest,
     validation_body,
 )
 from .edits import VectorFolders, build_edits
@@ -128,7 +131,8 @@ def _overflow(model, result) -> list[str]:
 
 def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = None,
                allowed_hosts: tuple[str, ...] | None = LOCAL_HOSTS,
-               vector_dirs: Sequence[str | os.PathLike] | None = None, max_waiting: int = MAX_WAITING,
+               vector_dirs: Sequence[str | os.PathLike] | None = None,
+               sae_dirs: Sequence[str | os.PathLike] | None = None, max_waiting: int = MAX_WAITING,
                max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> FastAPI:
     """Build the studio app around one model.
 
@@ -138,6 +142,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         atlas_path: Neuron atlas file for search (default: the cache path of `lmscope atlas build`).
         allowed_hosts: Host names accepted besides loopback addresses; None accepts any (`--allow-remote`).
         vector_dirs: Folders an edit's `vector_file` may be read from (default: the working directory).
+        sae_dirs: Folders the SAEs tab may read SAEs from (default: the working directory).
         max_waiting: Model jobs that may wait behind the running one; more get 503.
         max_prompt_tokens: Longest prompt, in tokens after tokenizing.
     """
@@ -148,6 +153,8 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
 
         model = load(model_name, quiet=True)
     folders = VectorFolders(vector_dirs or [Path.cwd()])
+    sae_folders = saes.SaeFolders(sae_dirs or [Path.cwd()])
+    coders = saes.Coders(model)
     model_q, atlas_q = Worker("model", max_waiting), Worker("atlas", max_waiting)
     state: dict = {"atlas": None}
     info = model.info()  # static: computed once, so /api/info never waits for the model
@@ -224,7 +231,8 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
             "max_prompt_tokens": max_prompt_tokens, "max_lens_entries": MAX_LENS_ENTRIES,
             "max_lens_logits": MAX_LENS_LOGITS, "max_body_bytes": MAX_BODY_BYTES,
             "atlas_path": str(path) if path else None, "atlas_available": bool(path and path.is_file()),
-            "vector_dirs": [str(f) for f in folders.folders], "circuit_tasks": circuits.task_names(),
+            "vector_dirs": [str(f) for f in folders.folders], "sae_dirs": [str(f) for f in sae_folders.folders],
+            "circuit_tasks": circuits.task_names(),
             "max_circuit_pairs": circuits.MAX_PAIRS, "queue": model_q.status()}}
 
     def timed(name: str, fn):
@@ -272,6 +280,22 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         config = _optional("lmscope.circuits.discovery", "CircuitConfig")
         return circuits.find(model, req, find_circuit, config)
 
+    def sae_job(req: SaeRequest) -> dict:
+        path = sae_folders.resolve(req.path)
+        for p in req.prompts:
+            _tokenize(model, p, False, max_prompt_tokens)
+        try:
+            if req.action == "search":
+                return saes.search(path, req)
+            if req.action == "card":
+                return saes.card(coders, path, req)
+            if req.action == "feature":
+                atlas_at = atlas_file()
+                return saes.feature(coders, path, req, atlas_at if atlas_at and atlas_at.is_file() else None)
+            return saes.steer(coders, path, req)
+        except (ArtifactError, InputError) as e:  # messages about files inside the SAE folders: no server paths
+            raise sae_folders.quiet(e) from None
+
     @app.post("/api/run")
     async def run(req: RunRequest):
         return await model_q.run(timed("run", run_job), req)
@@ -287,6 +311,16 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     @app.post("/api/circuit")
     async def circuit(req: CircuitRequest):
         return await model_q.run(timed("circuit", circuit_job), req)
+
+    @app.post("/api/sae")
+    async def sae(req: SaeRequest):
+        queue = atlas_q if req.action == "search" else model_q  # a search reads only the index
+        return await queue.run(timed(f"sae {req.action}", sae_job), req)
+
+    @app.get("/api/sae/folders")
+    async def sae_found():
+        return await atlas_q.run(lambda _: {"sae_dirs": [str(f) for f in sae_folders.folders],
+                                            "folders": sae_folders.find()}, None)
 
     @app.get("/api/atlas/search")
     async def atlas_search(q: Annotated[str, Query(min_length=1, max_length=200)],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import circuits
 
@@ -70,6 +70,36 @@ class CircuitRequest(_Body):
     @classmethod
     def _known_task(cls, v: str) -> str:
         return circuits.check_task(v)
+
+
+class SaeRequest(_Body):
+    """One action on an SAE folder (see `web.saes`): its card, a latent's page, a search of the
+    latents by word, or steering with a latent. `path` is checked against the SAE folders."""
+
+    path: str = Field(min_length=1, max_length=1000)
+    action: Literal["card", "feature", "search", "steer"] = "card"
+    site: str | None = Field(None, min_length=1, max_length=200)
+    format: Literal["lmscope", "saelens", "sparsify", "gemmascope2"] | None = None
+    feature: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
+    k: int = Field(10, ge=1, le=50)
+    query: str | None = Field(None, min_length=1, max_length=200)
+    limit: int = Field(20, ge=1, le=200)
+    mode: Literal["add", "clamp", "ablate"] = "add"
+    value: float = Field(4.0, ge=-1000, le=1000, allow_inf_nan=False)
+    prompts: list[Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]] = Field(default_factory=list,
+                                                                                           max_length=8)
+    keywords: list[Annotated[str, Field(min_length=1, max_length=MAX_TARGET_CHARS)]] = Field(default_factory=list,
+                                                                                            max_length=16)
+    max_new_tokens: int = Field(24, ge=1, le=MAX_NEW_TOKENS)
+    generate: bool = True
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.action in ("feature", "steer") and self.feature is None:
+            raise ValueError(f"action {self.action!r} needs a feature (a latent's index)")
+        if self.action == "search" and (self.query is None or not self.query.strip()):
+            raise ValueError("action 'search' needs a query (a word)")
+        return self
 
 
 def _clean(x) -> str | int:

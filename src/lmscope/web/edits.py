@@ -11,13 +11,12 @@ the specific message, since those are the folders the user chose to expose.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 from lmscope.engine.errors import ArtifactError, InputError
 
 from .bodies import EditSpec
-from .guard import short
+from .guard import Folders, short
 
 #: A vector artifact holds at most n_layers x d_model float32 values; anything far larger is
 #: not one, and reading it whole would hold the model's queue.
@@ -25,32 +24,18 @@ MAX_VECTOR_FILE_BYTES = 256 * 2**20
 MAX_SIDECAR_BYTES = 2**20
 
 
-class VectorFolders:
+class VectorFolders(Folders):
     """The folders `vector_file` paths may point into; relative paths start at the first."""
 
-    def __init__(self, folders: Sequence[str | os.PathLike]) -> None:
-        if not folders:
-            raise ValueError("Give at least one vector folder.")
-        self.folders = [Path(f).expanduser().resolve() for f in folders]
+    what = "vector"
 
-    def __str__(self) -> str:
-        return ", ".join(map(str, self.folders))
+    def accepts(self, p: Path) -> bool:
+        return p.is_file() and Path(f"{p}.json").is_file()
 
-    def resolve(self, name: str) -> Path:
-        """The artifact `name` names, inside a vector folder, with its sidecar; else ArtifactError."""
-        try:
-            p = Path(name).expanduser()
-            p = (p if p.is_absolute() else self.folders[0] / p).resolve()  # follows links: out is out
-            ok = (any(p.is_relative_to(f) for f in self.folders) and p.is_file()
-                  and Path(f"{p}.json").is_file())
-        except (OSError, ValueError, RuntimeError):  # name too long, NUL byte, link loop
-            ok = False
-        if not ok:
-            raise ArtifactError(
-                f"No vector file {short(name, 120)} in the studio's vector folders ({self}): give the path of a "
+    def refusal(self, name: str) -> str:
+        return (f"No vector file {short(name, 120)} in the studio's vector folders ({self}): give the path of a "
                 f".safetensors file written by lmscope (with its .json sidecar) inside one of them; relative paths "
                 f"start at {self.folders[0]}. `lmscope studio --vectors-dir DIR` adds a folder.")
-        return p
 
 
 def _check_sizes(path: Path) -> None:

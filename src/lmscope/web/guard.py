@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from pathlib import Path
 
 #: Host header values accepted besides loopback literals; "testserver" is TestClient's.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "testserver")
@@ -110,3 +111,39 @@ async def _error(send, status: int, message: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class Folders:
+    """The server folders a request's path may point into; relative paths start at the first.
+    Subclasses say which paths count (`accepts`) and what to tell a user who gave another."""
+
+    what = "folder"
+
+    def __init__(self, folders) -> None:
+        if not folders:
+            raise ValueError(f"Give at least one {self.what} folder.")
+        self.folders = [Path(f).expanduser().resolve() for f in folders]
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self.folders))
+
+    def accepts(self, p: Path) -> bool:  # pragma: no cover - every subclass says
+        raise NotImplementedError
+
+    def refusal(self, name: str) -> str:  # pragma: no cover - every subclass says
+        raise NotImplementedError
+
+    def resolve(self, name: str) -> Path:
+        """The path `name` names inside one of the folders (links followed: out is out), if
+        `accepts` takes it; else ArtifactError with `refusal`."""
+        from lmscope.engine.errors import ArtifactError
+
+        try:
+            p = Path(name).expanduser()
+            p = (p if p.is_absolute() else self.folders[0] / p).resolve()
+            ok = any(p.is_relative_to(f) for f in self.folders) and self.accepts(p)
+        except (OSError, ValueError, RuntimeError):  # name too long, NUL byte, link loop
+            ok = False
+        if not ok:
+            raise ArtifactError(self.refusal(name))
+        return p
