@@ -167,3 +167,11 @@ def test_steer_reports_baseline_feature_and_an_equal_norm_control(tiny_llama):
     n_ctrl = ctrl.value * float(top[ctrl.feature]) * float(coder.feature_direction(ctrl.feature).norm())
     assert n_ctrl == pytest.approx(n_feat, rel=1e-4)
     assert json.dumps(rep.to_dict()) and len(rep.tables()) == 2
+
+
+def test_without_bos_the_first_token_of_a_window_is_not_read():
+    from lmscope.saes.activations import dictionary_positions
+
+    valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    assert dictionary_positions(valid, 0).tolist() == [[False, False, True, True], [False, True, True, True]]
+    assert torch.equal(dictionary_positions(valid, 1), valid)  # a BOS prefix is already outside `valid`

@@ -181,3 +181,16 @@ def console():
 
 def progress_enabled() -> bool:
     return sys.stderr.isatty()
+
+
+def print_tables(result) -> None:
+    """Every table of a result object, as rich tables."""
+    from rich.table import Table as Rich
+
+    for t in result.tables():
+        rt = Rich(*t.columns, title=t.title or None)
+        for row in t.text_rows():
+            rt.add_row(*row)
+        console().print(rt)
+        for note in t.notes:
+            console().print(note)

@@ -30,6 +30,7 @@ from ._common import (
     json_option,
     load_model,
     model_argument,
+    print_tables,
     write_json,
 )
 from .config_options import Group, config_options
@@ -44,19 +45,6 @@ ablation_option = click.option("--ablation", default="resample", show_default=Tr
                                type=click.Choice(["resample", "mean", "zero"]),
                                help="What a removed component carries: the paired corrupt prompt's value, the "
                                     "mean over corrupt prompts, or zero.")
-
-
-def print_tables(result) -> None:
-    """Every table of a result object, as rich tables."""
-    from rich.table import Table as Rich
-
-    for t in result.tables():
-        rt = Rich(*t.columns, title=t.title or None)
-        for row in t.text_rows():
-            rt.add_row(*row)
-        console().print(rt)
-        for note in t.notes:
-            console().print(note)
 
 
 def _finish(res, plot, as_json: bool) -> None:

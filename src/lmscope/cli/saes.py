@@ -36,16 +36,15 @@ from ._common import (
     json_option,
     load_model,
     model_argument,
+    print_tables,
     progress_enabled,
 )
-from .circuits import print_tables
 from .config_options import Group, config_options
 from .params import WORDS
 
 #: `lmscope.saes.loading.FORMATS`, spelled out so that `--help` imports no torch (a test keeps them equal)
 FORMATS = ("lmscope", "saelens", "sparsify", "gemmascope2")
 DEFAULT_MODEL = "gemma-3-270m"
-
 
 
 class _Finite(click.FloatRange):

@@ -1,7 +1,7 @@
 """Activations for training: streamed from the model, or cached on disk as sharded safetensors.
 
 Both sources yield *chunks*: `{site: Tensor[n, d]}`, one row per text token (the BOS/prefix
-positions and padding are dropped), rows aligned across sites (a transcoder's `mlp_in` row i
+positions, a BOS-less window's first token and padding are dropped: `dictionary_positions`), rows aligned across sites (a transcoder's `mlp_in` row i
 and `mlp_out` row i are the same token). A `Cursor` says where a source is, so a checkpoint
 can resume exactly.
 
@@ -62,12 +62,22 @@ def site_width(model: Model, site: str) -> int:
     return shape[0]
 
 
+def dictionary_positions(valid: Tensor, n_prefix: int) -> Tensor:
+    """The positions a dictionary reads, trains on and is judged on: text tokens, and without a
+    BOS prefix not the first token of a window either. That token is the attention sink: in
+    SmolLM2 its residual is ~100x any other's, and 1% of the rows would carry 99% of the variance."""
+    if n_prefix:
+        return valid
+    return valid & (valid.long().cumsum(1) > 1)
+
+
 def window_chunks(model: Model, windows: TokenWindows, sites: Sequence[str], *, batch_windows: int = 16,
                   start: int = 0) -> Iterator[tuple[int, Chunk]]:
     """(index of the next window batch, chunk) for window batches from `start` on: one forward
     each, capture only, stopping after the last layer the sites need."""
     sites = list(sites)
     for b, (_, batch, valid) in enumerate(windows.batches(batch_windows, model.device, start=start), start):
+        valid = dictionary_positions(valid, windows.n_prefix)
         res = model.run(batch, capture=sites, logits=None)
         yield b + 1, {s: res.cache[s][valid].float() for s in sites}
 
@@ -97,7 +107,7 @@ def cache_key(model: Model, sites: Sequence[str], texts: Sequence[str], *, windo
               dtype: str) -> str:
     """A short hash naming a cache: same model, sites, text and settings -> same folder."""
     h = hashlib.sha256()
-    h.update(json.dumps([model.name, model.source, list(sites), window, max_tokens, dtype]).encode())
+    h.update(json.dumps([model.name, model.source, list(sites), window, max_tokens, dtype, "no-sink"]).encode())
     for t in texts:
         h.update(hashlib.sha256(t.encode()).digest())
     return h.hexdigest()[:16]

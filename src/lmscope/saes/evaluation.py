@@ -2,7 +2,9 @@
 
     variance explained  1 - sum ||y - y_hat||^2 / sum ||y - mean(y)||^2   (over held-out tokens)
     L0                  mean number of active latents per token
-    dead / dense        fraction of latents active on no token / on more than 10% of tokens
+    dead / dense        fraction of latents active on no held-out token / on more than 10% of them
+                        (a short held-out text counts rare latents as dead: training cards also
+                        give the dead fraction over the trainer's window, `dead_fraction_training`)
     CE loss             next-token cross-entropy with the site left alone (clean), replaced by the
                         coder's output (spliced), and zeroed (zero-ablated), at every text token
     CE loss recovered   (CE_zero - CE_spliced) / (CE_zero - CE_clean)
@@ -10,7 +12,8 @@
     worst tokens        the tokens with the largest relative error ||y - y_hat||^2 / ||y||^2
 
 The BOS/prefix position is never spliced or counted (Gemma's BOS residual is hundreds of times
-larger than any other and says nothing about the text). A transcoder is spliced by replacing
+larger than any other and says nothing about the text), nor is the first token of a window of a
+tokenizer without BOS (SmolLM2), the attention sink (`activations.dictionary_positions`). A transcoder is spliced by replacing
 its output site with its prediction from its input site, in the same forward.
 """
 
@@ -26,6 +29,7 @@ from lmscope.datasets.corpus import token_windows
 from lmscope.engine.interventions import Apply
 from lmscope.engine.model import Model
 from lmscope.engine.results import Result, Table
+from lmscope.saes.activations import dictionary_positions
 from lmscope.saes.coder import SparseCoder
 
 DENSE = 0.1
@@ -54,6 +58,8 @@ class Card(Result):
     kl_zero: float
     text: str = ""
     worst_tokens: list[dict] = field(default_factory=list)
+    dead_fraction_training: float | None = None  # not active in the last `dead_window` training tokens
+    dead_window: int | None = None
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -62,7 +68,10 @@ class Card(Result):
 
     def table(self) -> Table:
         rows = [["variance explained", self.variance_explained], ["L0 (active latents per token)", self.l0],
-                ["dead latents", self.dead_fraction], ["dense latents (>10% of tokens)", self.dense_fraction],
+                ["dead latents (held-out text)", self.dead_fraction],
+                *([[f"dead latents (last {self.dead_window:,} training tokens)", self.dead_fraction_training]]
+                  if self.dead_fraction_training is not None else []),
+                ["dense latents (>10% of tokens)", self.dense_fraction],
                 ["CE loss clean", self.ce_clean], ["CE loss spliced", self.ce_spliced],
                 ["CE loss zero-ablated", self.ce_zero], ["CE loss recovered", self.ce_loss_recovered],
                 ["KL(clean || spliced)", self.kl_spliced], ["KL(clean || zero)", self.kl_zero]]
@@ -121,6 +130,7 @@ def evaluate(model: Model, coder: SparseCoder, texts: Sequence[str], *, max_toke
     worst: list[tuple[float, int, int]] = []  # (rel error, window, column)
     sites = list(dict.fromkeys([spec.site, spec.site_out]))
     for rows, batch, valid in windows.batches(batch_windows, model.device):
+        valid = dictionary_positions(valid, windows.n_prefix)
         res = model.run(batch, capture=sites, logits="all")
         x, y = res.cache[spec.site][valid].float(), res.cache[spec.site_out][valid].float()
         f = coder.encode(x)

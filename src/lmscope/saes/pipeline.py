@@ -148,6 +148,9 @@ def train_sae(model: Model, sites: str | Sequence[str], config: TrainConfig | No
     for slot in slots:
         card = evaluate(model, slot.coder, src_text.held_out, max_tokens=eval_tokens, window=window,
                         text_label=f"held out from {src_text.label}") if evaluate_card and src_text.held_out else None
+        if card is not None and slot.history.rows:
+            card.dead_fraction_training = slot.history.rows[-1]["dead"]
+            card.dead_window = trainer.dead_window
         res = TrainedSAE(slot.coder.cpu(), card, slot.history, config, src_text.to_dict(), n_act)
         if out is not None:
             folder = Path(out) / slot.name.replace("->", "_to_")

@@ -11,7 +11,7 @@ j whose edit has the same norm: the same added vector length for add / clamp, a 
 similar firing rate for ablate.
 
 The report measures what vector steering measures: the probability of the feature's concept
-tokens at the next position, the share of generations with a concept keyword, the KL on
+tokens at the next position (or of the user's keywords), the share of generations with a concept keyword, the KL on
 neutral prompts and the repetition of generations, for the baseline, the feature and the control.
 """
 
@@ -30,7 +30,8 @@ from lmscope.engine.metrics import kl_from, next_token_logprobs
 from lmscope.engine.model import Model
 from lmscope.engine.results import Result, Table
 from lmscope.neurons.atlas import to_token_space
-from lmscope.neurons.clamp import concept_hits, next_token_prob
+from lmscope.neurons.clamp import concept_hits, concept_token_ids, next_token_prob
+from lmscope.saes.activations import dictionary_positions
 from lmscope.saes.coder import SparseCoder
 from lmscope.vectors.steering import repetition
 
@@ -48,6 +49,7 @@ def reference_activations(model: Model, coder: SparseCoder, texts: Sequence[str]
     fires = torch.zeros(coder.d_sae)
     n = 0
     for _, batch, valid in windows.batches(16, model.device):
+        valid = dictionary_positions(valid, windows.n_prefix)
         x = model.run(batch, capture=[coder.cfg.site], logits=None).cache[coder.cfg.site][valid]
         f = coder.encode(x.float()).cpu()
         top = torch.maximum(top, f.max(0).values)
@@ -164,7 +166,8 @@ def steer(model: Model, coder: SparseCoder, feature: int, *, mode: str = "add", 
         mode: "add", "clamp" or "ablate".
         value: Multiple of the feature's max activation (add, clamp).
         prompts: Prompts to steer (default: the shipped neutral prompts).
-        keywords: Words counted in generations (default: the concept tokens, stripped).
+        keywords: The concept: words counted in generations, whose single-token spellings make
+            the next-token measure (default: the feature's top promoted tokens).
         n_concept_tokens: How many of the feature's promoted tokens make its concept.
         max_new_tokens: Greedy generation length.
         reference: Text for the typical activation and firing rates (default: the shipped corpus).
@@ -179,8 +182,14 @@ def steer(model: Model, coder: SparseCoder, feature: int, *, mode: str = "add", 
     typical = float(top[feature])
     if typical <= 0:
         typical = float(top[top > 0].median()) if (top > 0).any() else 1.0
-    concept = promoted_tokens(model, coder, feature, n_concept_tokens)
-    token_ids = [t for t, _ in concept]
+    if keywords:  # the user's words make the concept (single-token spellings for the next-token measure)
+        token_ids = concept_token_ids(model, list(keywords))
+        concept = [(t, model.tokenizer.decode([t])) for t in token_ids]
+        if not concept:
+            raise InputError(f"None of {list(keywords)} is a single token of {model.name}; pass other keywords.")
+    else:
+        concept = promoted_tokens(model, coder, feature, n_concept_tokens)
+        token_ids = [t for t, _ in concept]
     words = list(keywords) or sorted({s.strip().lower() for _, s in concept if len(s.strip()) > 2 and s.strip().isalpha()})
     base_lp = next_token_logprobs(model, prompts)
     arms = {"baseline": SteerArm("baseline", None, 0.0), "feature": SteerArm("feature", feature, value)}

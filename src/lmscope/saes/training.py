@@ -327,9 +327,15 @@ class Trainer:
         decay = 1.0 if s < decay_start else max(0.0, (n - s) / max(1, n - decay_start))
         return warm * decay
 
+    @property
+    def dead_window(self) -> int:
+        """Tokens without firing after which a latent counts as dead."""
+        c = self.config
+        return c.dead_tokens or max(c.total_tokens // 8, 10 * c.batch_size)
+
     def train_step(self, batch: Chunk) -> None:
         c = self.config
-        dead_after = c.dead_tokens or max(c.total_tokens // 8, 10 * c.batch_size)
+        dead_after = self.dead_window
         for slot in self.slots:
             coder = slot.coder
             dev = coder.W_dec.device
@@ -437,7 +443,7 @@ def make_slot(name: str, spec: CoderSpec, config: TrainConfig, sample: Chunk, si
     if device is not None:
         coder = coder.to(device)
     params = list(coder.parameters())
-    opt = torch.optim.Adam(params, lr=config.learning_rate(spec.d_sae), betas=(0.9, 0.999))
+    opt = torch.optim.Adam(params, lr=config.learning_rate(spec.d_sae), betas=(0.9, 0.999), fused=True)
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     return Slot(name, coder, site_in, site_out, opt, torch.zeros(spec.d_sae, dtype=torch.long, device=device))
