@@ -13,7 +13,8 @@
 
 The BOS/prefix position is never spliced or counted (Gemma's BOS residual is hundreds of times
 larger than any other and says nothing about the text), nor is the first token of a window of a
-tokenizer without BOS (SmolLM2), the attention sink (`activations.dictionary_positions`). A transcoder is spliced by replacing
+tokenizer without BOS (SmolLM2), the attention sink (`activations.dictionary_positions`), nor a
+massive-activation token (norm over 10x the median; `activations.ordinary`). A transcoder is spliced by replacing
 its output site with its prediction from its input site, in the same forward.
 """
 
@@ -29,7 +30,7 @@ from lmscope.datasets.corpus import token_windows
 from lmscope.engine.interventions import Apply
 from lmscope.engine.model import Model
 from lmscope.engine.results import Result, Table
-from lmscope.saes.activations import dictionary_positions
+from lmscope.saes.activations import dictionary_positions, ordinary
 from lmscope.saes.coder import SparseCoder
 
 DENSE = 0.1
@@ -132,6 +133,7 @@ def evaluate(model: Model, coder: SparseCoder, texts: Sequence[str], *, max_toke
     for rows, batch, valid in windows.batches(batch_windows, model.device):
         valid = dictionary_positions(valid, windows.n_prefix)
         res = model.run(batch, capture=sites, logits="all")
+        valid = ordinary(valid, res.cache[spec.site])
         x, y = res.cache[spec.site][valid].float(), res.cache[spec.site_out][valid].float()
         f = coder.encode(x)
         y_hat = coder.decode(f, x)

@@ -53,7 +53,7 @@ from lmscope.engine.model import Model
 from lmscope.engine.results import Result, Table
 from lmscope.neurons.recording import Example
 from lmscope.neurons.stats import TopContexts
-from lmscope.saes.activations import dictionary_positions, site_width
+from lmscope.saes.activations import dictionary_positions, ordinary, site_width
 from lmscope.saes.coder import SparseCoder
 
 log = logging.getLogger(__name__)
@@ -331,6 +331,7 @@ def feature_stats(model: Model, coder: SparseCoder, texts: Sequence[str], *, max
         for rows, batch, valid in windows.batches(batch_size, dev):
             valid = dictionary_positions(valid, windows.n_prefix)
             x = model.run(batch, capture=[site], logits=None).cache[site]  # [b, t, d_in]
+            valid = ordinary(valid, x)
             f = enc.encode(x).float().masked_fill(~valid[..., None], 0.0)  # [b, t, d_sae]
             pos = f.flatten(0, 1).clamp_min(0.0)  # [b*t, d_sae]; padding and prefix are 0
             fires += (pos > 0).sum(0)

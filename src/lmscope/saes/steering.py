@@ -31,7 +31,7 @@ from lmscope.engine.model import Model
 from lmscope.engine.results import Result, Table
 from lmscope.neurons.atlas import to_token_space
 from lmscope.neurons.clamp import concept_hits, concept_token_ids, next_token_prob
-from lmscope.saes.activations import dictionary_positions
+from lmscope.saes.activations import dictionary_positions, ordinary
 from lmscope.saes.coder import SparseCoder
 from lmscope.vectors.steering import repetition
 
@@ -50,7 +50,8 @@ def reference_activations(model: Model, coder: SparseCoder, texts: Sequence[str]
     n = 0
     for _, batch, valid in windows.batches(16, model.device):
         valid = dictionary_positions(valid, windows.n_prefix)
-        x = model.run(batch, capture=[coder.cfg.site], logits=None).cache[coder.cfg.site][valid]
+        x = model.run(batch, capture=[coder.cfg.site], logits=None).cache[coder.cfg.site]
+        x = x[ordinary(valid, x)]
         f = coder.encode(x.float()).cpu()
         top = torch.maximum(top, f.max(0).values)
         fires += (f > 0).sum(0)

@@ -29,7 +29,13 @@ from torch import Tensor
 
 from lmscope.engine.artifacts import atomic_write
 from lmscope.engine.errors import ArtifactError, InputError
-from lmscope.saes.activations import Chunk, Cursor, ShuffleBuffer, TensorSource
+from lmscope.saes.activations import (
+    Chunk,
+    Cursor,
+    ShuffleBuffer,
+    TensorSource,
+    drop_massive,
+)
 from lmscope.saes.coder import (
     ARCHS,
     KINDS,
@@ -165,6 +171,8 @@ def norm_scale(x: Tensor) -> float:
 def init_from_data(spec: CoderSpec, config: TrainConfig, x: Tensor, y: Tensor) -> SparseCoder:
     """A fresh coder whose scales and decoder bias come from a data sample (x in, y out)."""
     coder = init_coder(spec, seed=config.seed)
+    keep = drop_massive({"x": x, "y": y})
+    x, y = keep["x"], keep["y"]
     with torch.no_grad():
         if config.normalize:
             coder.scale_in.fill_(norm_scale(x))
@@ -363,7 +371,7 @@ class Trainer:
         """The next training batch through the shuffle buffer; remembers the source cursor."""
         while (batch := self.buffer.next_batch()) is None:
             self.cursor, chunk = next(chunks)
-            self.buffer.add(chunk)
+            self.buffer.add(drop_massive(chunk))
         return batch
 
     # ---- checkpoints ---------------------------------------------------------------------
