@@ -11,11 +11,7 @@ a hand-made task of token ids, "toy", is injected where the library looks tasks 
 from __future__ import annotations
 
 import math
-import os
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,7 @@ import torch
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+import live
 from conftest import make_tiny
 from fastapi.testclient import TestClient
 
@@ -190,45 +187,16 @@ def test_non_finite_target_is_422(client):
 
 # ---- the page, in a real browser (the pattern of test_studio_browser.py) -------------------------
 
-CHROMIUM = os.environ.get("LMSCOPE_CHROMIUM", "/usr/bin/chromium")
-_REQUIRED = os.environ.get("LMSCOPE_REQUIRE_BROWSER") == "1"  # CI: a missing browser fails, not skips
-
-
 @pytest.fixture(scope="module")
 def sync_api():
-    why = None
-    if not os.access(CHROMIUM, os.X_OK):
-        why = f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (or set LMSCOPE_CHROMIUM)"
-    else:
-        try:
-            from playwright import sync_api
-            return sync_api
-        except ImportError:
-            why = "Playwright is not installed: `pip install playwright`"
-    if _REQUIRED:
-        pytest.fail(why)
-    pytest.skip(why)
+    return live.playwright()
 
 
 @pytest.fixture(scope="module")
 def server(lm):
     """A real studio server on a free loopback port; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    import uvicorn
-
-    srv = uvicorn.Server(uvicorn.Config(create_app("tiny", model=lm), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started:
-            break
-        time.sleep(0.02)
-    assert srv.started, "the studio server did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with live.serve(create_app("tiny", model=lm)) as url:
+        yield url
 
 
 def faith_at(d: dict, k: int) -> tuple[float | None, str]:
@@ -253,7 +221,7 @@ def test_circuits_tab_in_a_browser(sync_api, server, library, tmp_path, monkeypa
     monkeypatch.setattr(pruning, "decode_nodes", lambda run, nodes, k=5: {
         n: [*toks, HOSTILE] for n, toks in decode(run, nodes, k).items()})
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
+        browser = p.chromium.launch(executable_path=live.CHROMIUM)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import socket
-import threading
-import time
 
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+import live
 from conftest import make_tiny
 from fastapi.testclient import TestClient
 
@@ -207,46 +204,16 @@ def test_a_prompt_past_the_token_limit_is_400(lm, lab, env):
 
 # ---- the page, in a real browser (the pattern of test_circuit_panel.py) ---------------------------
 
-CHROMIUM = os.environ.get("LMSCOPE_CHROMIUM", "/usr/bin/chromium")
-_REQUIRED = os.environ.get("LMSCOPE_REQUIRE_BROWSER") == "1"  # CI: a missing browser fails, not skips
-
-
 @pytest.fixture(scope="module")
 def sync_api():
-    why = None
-    if not os.access(CHROMIUM, os.X_OK):
-        why = f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (or set LMSCOPE_CHROMIUM)"
-    else:
-        try:
-            from playwright import sync_api
-            return sync_api
-        except ImportError:
-            why = "Playwright is not installed: `pip install playwright`"
-    if _REQUIRED:
-        pytest.fail(why)
-    pytest.skip(why)
+    return live.playwright()
 
 
 @pytest.fixture(scope="module")
 def server(lm, lab, env):
     """A real studio server on a free loopback port; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    import uvicorn
-
-    srv = uvicorn.Server(uvicorn.Config(create_app("tiny", model=lm, sae_dirs=[lab]), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started:
-            break
-        time.sleep(0.02)
-    assert srv.started, "the studio server did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with live.serve(create_app("tiny", model=lm, sae_dirs=[lab])) as url:
+        yield url
 
 
 def alpha(css: str) -> float:
@@ -261,7 +228,7 @@ def test_saes_tab_in_a_browser(sync_api, server, lm, lab, steered, tmp_path, mon
     monkeypatch.setattr(lm.tokenizer, "decode", lambda ids, skip_special_tokens=False: "".join(
         HOSTILE if c == "a" else c for c in decode(lm.tokenizer, ids)), raising=False)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
+        browser = p.chromium.launch(executable_path=live.CHROMIUM)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -11,34 +11,16 @@ either, every test is skipped with that reason; with both, a failure to start is
 from __future__ import annotations
 
 import json
-import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
+import live
 import pytest
-import uvicorn
 from conftest import make_tiny
 
 from lmscope.web import create_app
 
-CHROMIUM = os.environ.get("LMSCOPE_CHROMIUM", "/usr/bin/chromium")
-# CI (and scripts/test.sh where it could install the browser) sets LMSCOPE_REQUIRE_BROWSER=1:
-# there a missing browser is a failure, not a skip.
-_REQUIRED = os.environ.get("LMSCOPE_REQUIRE_BROWSER") == "1"
-if not os.access(CHROMIUM, os.X_OK):
-    _why = f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (or set LMSCOPE_CHROMIUM)"
-    if _REQUIRED:
-        raise RuntimeError(_why)
-    pytest.skip(_why, allow_module_level=True)
-try:
-    from playwright import sync_api
-except ImportError:
-    if _REQUIRED:
-        raise
-    pytest.skip("Playwright is not installed: `pip install playwright`", allow_module_level=True)
+sync_api = live.playwright(module_level=True)
 
 PROMPT = "hello world"
 
@@ -55,21 +37,8 @@ def server(lm, tmp_path_factory):
 
     atlas = tmp_path_factory.mktemp("atlas") / "tiny.sqlite"
     build_atlas(lm, AtlasConfig(k=5), path=atlas).close()
-    app = create_app("tiny", model=lm, atlas_path=atlas)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started:
-            break
-        time.sleep(0.02)
-    assert srv.started, "the studio server did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with live.serve(create_app("tiny", model=lm, atlas_path=atlas)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +50,7 @@ def api(server):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM)
+        b = p.chromium.launch(executable_path=live.CHROMIUM)
         yield b
         b.close()
 

@@ -1,0 +1,56 @@
+"""What the browser tests share: the Chromium they drive (skip without it, fail in CI) and a real
+studio server on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+CHROMIUM = os.environ.get("LMSCOPE_CHROMIUM", "/usr/bin/chromium")
+# CI (and scripts/test.sh where it could install the browser) sets LMSCOPE_REQUIRE_BROWSER=1:
+# there a missing browser is a failure, not a skip.
+REQUIRED = os.environ.get("LMSCOPE_REQUIRE_BROWSER") == "1"
+
+
+def playwright(*, module_level: bool = False):
+    """Playwright's `sync_api`, or a skip (a failure when REQUIRED) saying what is missing."""
+    if not os.access(CHROMIUM, os.X_OK):
+        why = f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (or set LMSCOPE_CHROMIUM)"
+    else:
+        try:
+            from playwright import sync_api
+            return sync_api
+        except ImportError:
+            why = "Playwright is not installed: `pip install playwright`"
+    if REQUIRED:
+        pytest.fail(why)
+    pytest.skip(why, allow_module_level=module_level)
+
+
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """Run `app` with uvicorn on a free loopback port; yields its URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if srv.started:
+            break
+        time.sleep(0.02)
+    assert srv.started, "the studio server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
