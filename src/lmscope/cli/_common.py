@@ -184,13 +184,15 @@ def progress_enabled() -> bool:
 
 
 def print_tables(result) -> None:
-    """Every table of a result object, as rich tables."""
+    """Every table of a result object, as rich tables. Cells, titles and notes are text, not rich
+    markup: a token such as "[/]" or "[bold]" prints as itself."""
+    from rich.markup import escape
     from rich.table import Table as Rich
 
     for t in result.tables():
-        rt = Rich(*t.columns, title=t.title or None)
+        rt = Rich(*map(escape, t.columns), title=escape(t.title) if t.title else None)
         for row in t.text_rows():
-            rt.add_row(*row)
+            rt.add_row(*map(escape, row))
         console().print(rt)
         for note in t.notes:
-            console().print(note)
+            console().print(escape(note))

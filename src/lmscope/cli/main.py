@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import atlas, circuits, core, fv, inspect, lens, neurons, saes, studio, vectors
+from . import atlas, circuits, core, fv, inspect, lens, neurons, relations, saes, studio, vectors
 from .config_options import Group
 
 
@@ -30,7 +30,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 for _command in (core.tour, core.models, core.info, core.run, core.generate, lens.lens, inspect.inspect,
-                 neurons.neuron, atlas.atlas, vectors.vector, fv.fv, circuits.circuit, saes.sae, studio.studio):
+                 neurons.neuron, atlas.atlas, vectors.vector, fv.fv, circuits.circuit, saes.sae, relations.relation,
+                 studio.studio):
     cli.add_command(_command)
 
 

@@ -47,11 +47,15 @@ def _check_port(host: str, port: int) -> None:
               help="Folder an edit's vector_file may be read from (repeatable; default: the working directory).")
 @click.option("--sae-dir", "sae_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Folder the SAEs tab may read SAEs from (repeatable; default: the working directory).")
+@click.option("--lre-dir", "lre_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder the Relations tab may read LRE files from and save them to (repeatable; default: the "
+                   "working directory).")
 @json_option
 @device_option
 @dtype_option
 def studio(model_name: str, port: int, host: str, allow_remote: bool, atlas_path: str | None,
-           vector_dirs: tuple[str, ...], sae_dirs: tuple[str, ...], as_json: bool, device: str, dtype: str) -> None:
+           vector_dirs: tuple[str, ...], sae_dirs: tuple[str, ...], lre_dirs: tuple[str, ...], as_json: bool,
+           device: str, dtype: str) -> None:
     """Serve the web studio for MODEL at http://127.0.0.1:8765 (next token, generate, lens, neurons)."""
     if not is_loopback(host) and not allow_remote:
         raise click.UsageError(
@@ -68,7 +72,8 @@ def studio(model_name: str, port: int, host: str, allow_remote: bool, atlas_path
     # below works for any --host that passed the test above. Remote: clients send their own names.
     hosts = None if allow_remote else LOCAL_HOSTS
     app = create_app(model_name, model=model, atlas_path=atlas_path, allowed_hosts=hosts,
-                     vector_dirs=list(vector_dirs) or None, sae_dirs=list(sae_dirs) or None)
+                     vector_dirs=list(vector_dirs) or None, sae_dirs=list(sae_dirs) or None,
+                     lre_dirs=list(lre_dirs) or None)
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     if as_json:

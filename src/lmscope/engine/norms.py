@@ -28,14 +28,19 @@ def gain(norm: nn.Module, kind: str) -> Tensor:
     return 1.0 + w if kind == "rms_one_plus" else w
 
 
-def frozen_scale(norm: nn.Module, x: Tensor, kind: str) -> Tensor:
-    """Per-position multiplier [..., d] such that norm(x) == centre(x) * scale (+ bias)."""
+def inv_rms(norm: nn.Module, x: Tensor, kind: str) -> Tensor:
+    """1 / sqrt(var + eps) [..., 1] of x (variance about the mean for LayerNorm), float32."""
     xf = x.float()
     if kind == "layer":
         var = xf.var(-1, keepdim=True, unbiased=False)
     else:
         var = xf.pow(2).mean(-1, keepdim=True)
-    return (gain(norm, kind) * torch.rsqrt(var + eps_of(norm))).to(x.dtype)
+    return torch.rsqrt(var + eps_of(norm))
+
+
+def frozen_scale(norm: nn.Module, x: Tensor, kind: str) -> Tensor:
+    """Per-position multiplier [..., d] such that norm(x) == centre(x) * scale (+ bias)."""
+    return (gain(norm, kind) * inv_rms(norm, x, kind)).to(x.dtype)
 
 
 def centre(x: Tensor, kind: str) -> Tensor:

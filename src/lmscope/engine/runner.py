@@ -249,6 +249,63 @@ class PrefixRun:
         return torch.cat(out)
 
 
+class SuffixRun:
+    """Next-token logits of one prompt under many edit sets that touch only tokens from `start`
+    on, at the cost of the suffix (start to the end) per edit set.
+
+    Nothing before token `start` sees an edit there, so the prompt's first `start` tokens run once
+    and keep their KV cache; each `logits(edits, rows=k)` call runs only the suffix, k rows at
+    once against a copy of that cache (an edit whose value has k rows gives each row its own:
+    e.g. one `Add` with a [k, 1, d_model] vector tries k directions in one forward). The result
+    equals `run(prompt, edits=...)` on the prompt repeated k times, up to float rounding (tested).
+    """
+
+    def __init__(self, model: Model, prompt: str, start: int) -> None:
+        self.model = model
+        self.batch = model.tokenize(prompt)
+        t = self.batch.input_ids.shape[1]
+        self.start = start + t if start < 0 else start
+        if not 0 <= self.start < t:
+            raise InputError(f"start {start} is outside the prompt's {t} tokens.")
+        self.key = cache_keyword(model)
+        self.past = None
+        if self.start > 0:
+            with torch.inference_mode():
+                out = model.hf(input_ids=self.batch.input_ids[:, :self.start],
+                               attention_mask=self.batch.attention_mask[:, :self.start], use_cache=True,
+                               logits_to_keep=1)
+            self.past = output_cache(out)
+
+    def _check(self, edits: Sequence[Edit]) -> None:
+        t = self.batch.input_ids.shape[1]
+        for e in edits:
+            pos = e.positions
+            ints = ([pos] if isinstance(pos, int) else pos if isinstance(pos, list) else
+                    pos.reshape(-1).tolist() if isinstance(pos, torch.Tensor) else None)
+            if pos == "last":
+                continue
+            if ints is None or any((i + t if i < 0 else i) < self.start for i in ints):
+                raise InputError(f"A suffix run from token {self.start} edits only tokens from there on: build edit "
+                                 f"{e!r} with token indices >= {self.start} (or use `run(..., edits=...)`).")
+
+    def logits(self, edits: Sequence[Edit] = (), *, rows: int = 1) -> Tensor:
+        """Float logits [rows, d_vocab] of the last token with `edits`, the prompt repeated `rows` times."""
+        if rows < 1:
+            raise InputError(f"rows must be at least 1, got {rows}.")
+        self._check(edits)
+        ids, mask = self.batch.input_ids.expand(rows, -1), self.batch.attention_mask.expand(rows, -1)
+        kw = {}
+        if self.past is not None:
+            cache = copy.deepcopy(self.past)
+            if rows > 1:
+                cache.batch_repeat_interleave(rows)
+            kw = {self.key: cache, "use_cache": True}
+        pad = torch.zeros(rows, dtype=torch.long, device=ids.device)
+        with torch.inference_mode(), hooked(self.model, edits=list(edits), prompt=(ids.shape[1], pad)):
+            o = self.model.hf(input_ids=ids[:, self.start:], attention_mask=mask, logits_to_keep=1, **kw)
+        return o.logits[:, -1].float()
+
+
 def _prompt_list(prompts) -> list[str]:
     ps = [prompts] if isinstance(prompts, str) else list(prompts)
     if not ps:

@@ -10,6 +10,11 @@
     POST /api/circuit               a task's pruned circuit + controls (circuits.find_circuit)
     POST /api/sae                   an SAE's card, a latent's page, a search, steering (web.saes)
     GET  /api/sae/folders           SAE folders the studio may read
+    GET  /api/relations             shipped relations                (datasets.relations.shipped_relations)
+    GET  /api/relations/lres        LRE files in the LRE folders, LREs fitted in this session
+    POST /api/relations/fit         an LRE of a shipped relation       (relations.fit_lre; web.relations)
+    POST /api/relations/lens        the attribute lens of a prompt     (relations.attribute_lens)
+    POST /api/relations/predict     the LRE's vs the model's objects   (relations.predict_objects)
 
 One model per process, loaded before the server starts. Every call that touches the model is
 a job on one `Worker` thread (the hook engine keeps per-model state, so two forwards must not
@@ -42,13 +47,16 @@ from starlette.exceptions import HTTPException
 
 from lmscope.engine.errors import ArtifactError, InputError, LmscopeError
 
-from . import circuits, saes
+from . import circuits, relations, saes
 from .bodies import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
     CircuitRequest,
     GenerateRequest,
     LensRequest,
+    RelationFitRequest,
+    RelationLensRequest,
+    RelationPredictRequest,
     RunRequest,
     SaeRequest,
     validation_body,
@@ -132,7 +140,8 @@ def _overflow(model, result) -> list[str]:
 def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = None,
                allowed_hosts: tuple[str, ...] | None = LOCAL_HOSTS,
                vector_dirs: Sequence[str | os.PathLike] | None = None,
-               sae_dirs: Sequence[str | os.PathLike] | None = None, max_waiting: int = MAX_WAITING,
+               sae_dirs: Sequence[str | os.PathLike] | None = None,
+               lre_dirs: Sequence[str | os.PathLike] | None = None, max_waiting: int = MAX_WAITING,
                max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> FastAPI:
     """Build the studio app around one model.
 
@@ -143,6 +152,8 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         allowed_hosts: Host names accepted besides loopback addresses; None accepts any (`--allow-remote`).
         vector_dirs: Folders an edit's `vector_file` may be read from (default: the working directory).
         sae_dirs: Folders the SAEs tab may read SAEs from (default: the working directory).
+        lre_dirs: Folders the Relations tab may read LRE files from and save fitted ones to (default: the
+            working directory).
         max_waiting: Model jobs that may wait behind the running one; more get 503.
         max_prompt_tokens: Longest prompt, in tokens after tokenizing.
     """
@@ -155,6 +166,9 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     folders = VectorFolders(vector_dirs or [Path.cwd()])
     sae_folders = saes.SaeFolders(sae_dirs or [Path.cwd()])
     coders = saes.Coders(model)
+    lre_folders = relations.LreFolders(lre_dirs or [Path.cwd()])
+    lre_targets = relations.LreTargets(lre_dirs or [Path.cwd()])
+    lres = relations.Lres(model)
     model_q, atlas_q = Worker("model", max_waiting), Worker("atlas", max_waiting)
     state: dict = {"atlas": None}
     info = model.info()  # static: computed once, so /api/info never waits for the model
@@ -232,6 +246,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
             "max_lens_logits": MAX_LENS_LOGITS, "max_body_bytes": MAX_BODY_BYTES,
             "atlas_path": str(path) if path else None, "atlas_available": bool(path and path.is_file()),
             "vector_dirs": [str(f) for f in folders.folders], "sae_dirs": [str(f) for f in sae_folders.folders],
+            "lre_dirs": [str(f) for f in lre_folders.folders], "max_relation_train": relations.MAX_TRAIN,
             "circuit_tasks": circuits.task_names(),
             "max_circuit_pairs": circuits.MAX_PAIRS, "queue": model_q.status()}}
 
@@ -296,6 +311,26 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         except (ArtifactError, InputError) as e:  # messages about files inside the SAE folders: no server paths
             raise sae_folders.quiet(e) from None
 
+    def relation_job(action: str):
+        """The Relations tab's `action` on the model thread; messages name no LRE folder."""
+        def job(req):
+            # the refusals name the LRE folders (a user needs them); messages about files inside them do not
+            if action == "fit":
+                save = lre_targets.resolve(req.save) if req.save else None  # before a minute of work, not after
+            else:
+                path = lre_folders.resolve(req.path) if req.path else None
+            try:
+                if action == "fit":
+                    return relations.fit(model, req, lres, save)
+                lre = lres.get(req.fitted, path)
+                if action == "lens":
+                    _tokenize(model, req.prompt, False, max_prompt_tokens)
+                    return relations.lens(model, lre, req, _lens_positions(model, 2, max_prompt_tokens))
+                return relations.predict(model, lre, req, max_prompt_tokens)
+            except (ArtifactError, InputError) as e:
+                raise lre_folders.quiet(e) from None
+        return timed(f"relation {action}", job)
+
     @app.post("/api/run")
     async def run(req: RunRequest):
         return await model_q.run(timed("run", run_job), req)
@@ -321,6 +356,27 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     async def sae_found():
         return await atlas_q.run(lambda _: {"sae_dirs": [str(f) for f in sae_folders.folders],
                                             "folders": sae_folders.find()}, None)
+
+    @app.get("/api/relations")
+    async def relation_list():
+        return await atlas_q.run(lambda _: relations.shipped(), None)  # reads the shipped index: off the event loop
+
+    @app.get("/api/relations/lres")
+    async def relation_lres():
+        return await atlas_q.run(lambda _: {"lre_dirs": [str(f) for f in lre_folders.folders],
+                                            "files": lre_folders.find(model.name), "fitted": lres.fitted()}, None)
+
+    @app.post("/api/relations/fit")
+    async def relation_fit(req: RelationFitRequest):
+        return await model_q.run(relation_job("fit"), req)
+
+    @app.post("/api/relations/lens")
+    async def relation_lens(req: RelationLensRequest):
+        return await model_q.run(relation_job("lens"), req)
+
+    @app.post("/api/relations/predict")
+    async def relation_predict(req: RelationPredictRequest):
+        return await model_q.run(relation_job("predict"), req)
 
     @app.get("/api/atlas/search")
     async def atlas_search(q: Annotated[str, Query(min_length=1, max_length=200)],

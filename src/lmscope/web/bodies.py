@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import circuits
+from . import circuits, relations
 
 MAX_NEW_TOKENS = 128
 MAX_PROMPT_CHARS = 4000
@@ -100,6 +100,57 @@ class SaeRequest(_Body):
         if self.action == "search" and (self.query is None or not self.query.strip()):
             raise ValueError("action 'search' needs a query (a word)")
         return self
+
+
+class RelationFitRequest(_Body):
+    """Fit an LRE of a shipped relation (a *name*, never a path) at one layer, on the first `n_train`
+    of its first `max_facts` facts that the model knows; `save` writes it into the LRE folders."""
+
+    relation: str = Field(min_length=1, max_length=200)
+    layer: int = Field(ge=-4096, le=4095)
+    n_train: int = Field(5, ge=1, le=relations.MAX_TRAIN)
+    beta: float = Field(2.0, gt=0, le=20, allow_inf_nan=False)
+    template: str | None = Field(None, min_length=1, max_length=200)
+    max_facts: int = Field(24, ge=2, le=relations.MAX_FACTS)
+    save: str | None = Field(None, min_length=1, max_length=1000)
+    overwrite: bool = False
+
+    @field_validator("relation")
+    @classmethod
+    def _known_relation(cls, v: str) -> str:
+        return relations.check_relation(v)
+
+    @model_validator(mode="after")
+    def _enough_facts(self):
+        if self.max_facts < self.n_train:
+            raise ValueError(f"max_facts ({self.max_facts}) must be at least n_train ({self.n_train})")
+        return self
+
+
+class _LreSource(_Body):
+    """An LRE: `fitted` (an id from /api/relations/fit) or `path` (a file in the LRE folders)."""
+
+    path: str | None = Field(None, min_length=1, max_length=1000)
+    fitted: str | None = Field(None, pattern=r"^fit-[0-9]{1,9}$")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.fitted is None):
+            raise ValueError("give the LRE as either fitted (an id from /api/relations/fit) or path (a file in the "
+                             "LRE folders)")
+        return self
+
+
+class RelationLensRequest(_LreSource):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    target: str = Field("", max_length=MAX_TARGET_CHARS)
+    layers: list[Annotated[int, Field(ge=-4096, le=4095)]] | None = Field(None, min_length=1, max_length=256)
+
+
+class RelationPredictRequest(_LreSource):
+    subjects: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]] = Field(min_length=1,
+                                                                                              max_length=16)
+    k: int = Field(5, ge=1, le=20)
 
 
 def _clean(x) -> str | int:

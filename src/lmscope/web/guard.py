@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from pathlib import Path
 
 #: Host header values accepted besides loopback literals; "testserver" is TestClient's.
@@ -132,6 +133,13 @@ class Folders:
 
     def refusal(self, name: str) -> str:  # pragma: no cover - every subclass says
         raise NotImplementedError
+
+    def quiet(self, e):
+        """`e` (an `LmscopeError`) with the folders' own paths cut out of its message (they are the server's)."""
+        msg = str(e)
+        for f in self.folders:
+            msg = msg.replace(f"{f}{os.sep}", "").replace(str(f), ".")
+        return type(e)(msg)
 
     def resolve(self, name: str) -> Path:
         """The path `name` names inside one of the folders (links followed: out is out), if

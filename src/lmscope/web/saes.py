@@ -50,13 +50,6 @@ class SaeFolders(Folders):
                 f"by `lmscope sae train` (or a SAELens, sparsify or Gemma Scope 2 folder) inside one of them; relative "
                 f"paths start at {self.folders[0]}. `lmscope studio --sae-dir DIR` adds a folder.")
 
-    def quiet(self, e: LmscopeError) -> LmscopeError:
-        """`e` with the SAE folders' own paths cut out of its message (they are the server's)."""
-        msg = str(e)
-        for f in self.folders:
-            msg = msg.replace(f"{f}{os.sep}", "").replace(str(f), ".")
-        return type(e)(msg)
-
     def find(self) -> list[str]:
         """Folders below the SAE folders that hold a coder of a known format, as paths a
         request can give (relative to the first folder where they are inside it)."""
