@@ -7,6 +7,7 @@ killed run leaves the previous file in place.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,18 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def literal_text(fn):
+    """Decorator of a plot function: its figure is built and saved with mathtext off, so a token or
+    prompt such as "$x$" or "$\\frac{$" is drawn as typed instead of parsed (or failing to parse)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with pyplot().rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def save(fig, path, *, bbox_tight: bool = False, dpi: int = 120) -> Path:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._mpl import pyplot, save, save_text
+from ._mpl import literal_text, pyplot, save, save_text
 
 if TYPE_CHECKING:
     from lmscope.lens.latent import LatentLanguageResult
@@ -36,6 +36,7 @@ def _short(tok: str, n: int = 8) -> str:
     return t if len(t) <= n else t[: n - 1] + "…"
 
 
+@literal_text
 def plot_lens_heatmap(result: LensResult, path) -> Path:
     """Layers (rows, last on top) x positions: each cell's top token, coloured by its probability."""
     plt = _plt()
@@ -57,6 +58,7 @@ def plot_lens_heatmap(result: LensResult, path) -> Path:
     return save(fig, path)
 
 
+@literal_text
 def plot_target_probs(result: LensResult, path, *, position: int = -1) -> Path:
     """Probability of each target token across layers at `position` (log scale), with its rank."""
     plt = _plt()
@@ -140,6 +142,7 @@ def lens_html(result: LensResult, path) -> Path:
     return save_text(_HTML % {"title": title, "data": data}, path)
 
 
+@literal_text
 def plot_kl_comparison(cmp: LensComparison, path) -> Path:
     """KL(final || lens) per layer, logit vs tuned lens (log scale, ±1.96 s.e. band). The last
     layer is left out: both lenses are the model's output there (KL 0 up to float error)."""
@@ -161,6 +164,7 @@ def plot_kl_comparison(cmp: LensComparison, path) -> Path:
     return save(fig, path)
 
 
+@literal_text
 def plot_latent_language(result: LatentLanguageResult, path) -> Path:
     """Mean lens probability of the answer in the target, English and source language per layer,
     with a 95% confidence band over the prompts."""
