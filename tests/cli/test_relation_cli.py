@@ -4,40 +4,18 @@ then predict and lens on the saved LRE; and the bad input each command refuses w
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 from types import SimpleNamespace
 
 import pytest
 from conftest import make_tiny
+from incli import call
 
 FAST = ["--layers", "0,1", "--max-facts", "12", "--n-train", "3", "--betas", "1,2", "--ranks", "4,8", "--rank", "4"]
 
 
-def _call(*argv: str) -> tuple[int, str, str]:
-    """`lmscope ARGV` in-process: (exit code, stdout, stderr)."""
-    from lmscope.cli import main as cli_main
-
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.argv
-    sys.argv = ["lmscope", *argv]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli_main.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    assert "Internal error" not in err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()
-    return code, out.getvalue(), err.getvalue()
-
-
 def _json(*argv: str) -> dict:
-    code, out, err = _call(*argv, "--json")
+    code, out, err = call(*argv, "--json")
     assert code == 0, err
     return json.loads(out)
 
@@ -85,10 +63,10 @@ def test_list_shows_the_shipped_relations():
     assert {"relation", "type", "n", "template", "domain", "range", "symmetric"} <= set(rows[0])
     bias = _json("relation", "list", "--type", "bias")["relations"]
     assert bias and {r["type"] for r in bias} == {"bias"} and len(bias) < len(rows)
-    code, out, err = _call("relation", "list", "--type", "factual")
+    code, out, err = call("relation", "list", "--type", "factual")
     assert code == 0, err
     assert "country_capital_city" in out and "The capital city of {} is" in out and "degree_gender" not in out
-    code, _, err = _call("relation", "list", "--type", "gossip")
+    code, _, err = call("relation", "list", "--type", "gossip")
     assert code == 2 and "gossip" in err
 
 
@@ -113,7 +91,7 @@ def test_fit_reports_the_sweeps_and_saves_the_recommended_lre(lab):
 
 
 def test_fit_prints_its_tables_and_stages(names, tmp_path):
-    code, out, err = _call("relation", "fit", "country_capital_city", "tiny", *FAST, "--out", str(tmp_path / "lre"))
+    code, out, err = call("relation", "fit", "country_capital_city", "tiny", *FAST, "--out", str(tmp_path / "lre"))
     assert code == 0, err
     assert names == ["tiny"]
     assert "[1/3] loading tiny" in err and "[2/3] country_capital_city: the model's answers to 12 facts" in err
@@ -122,7 +100,7 @@ def test_fit_prints_its_tables_and_stages(names, tmp_path):
     assert "dev faithfulness by layer and beta" in out and "dev causality by rank" in out
     saved = tmp_path / "lre.safetensors"  # the artifact writer adds the suffix
     assert "saved the LRE" in out and str(saved) in out and saved.is_file()
-    code, out, err = _call("relation", "fit", "country_capital_city", "tiny", *FAST)
+    code, out, err = call("relation", "fit", "country_capital_city", "tiny", *FAST)
     assert code == 0, err
     assert "pass --out" in out and "[1/2] loading tiny" in err
 
@@ -145,7 +123,7 @@ def test_predict_answers_for_each_subject_with_the_lre_s_own_model(lab, names):
     assert d["template"] == "The capital city of {} is"
     assert [len(t) for t in d["lre_top"]] == [3, 3] and [len(t) for t in d["model_top"]] == [3, 3]
     assert all(isinstance(tok, str) and 0 <= p <= 1 for top in d["lre_top"] for tok, p in top)
-    code, out, err = _call("relation", "predict", str(lab.lre), "Peru", "--model", "other-name")
+    code, out, err = call("relation", "predict", str(lab.lre), "Peru", "--model", "other-name")
     assert code == 0, err
     assert names[-1] == "other-name" and "[1/2] loading other-name" in err
     assert "Peru" in out and "LRE (layer" in out and "agree" in out
@@ -169,7 +147,7 @@ def test_lens_reads_every_layer_and_token(lab, names, tmp_path):
     assert d["figures"] == [str(tmp_path / "lens.png")] and (tmp_path / "lens.png").read_bytes()[:4] == b"\x89PNG"
     d = _json("relation", "lens", str(lab.lre), prompt)
     assert d["layers"] == [0, 1, 2] and d["target"] == "" and d["target_prob"] == [] and d["figures"] == []
-    code, out, err = _call("relation", "lens", str(lab.lre), prompt, "--target", "France")
+    code, out, err = call("relation", "lens", str(lab.lre), prompt, "--target", "France")
     assert code == 0, err
     assert "attribute lens" in out and "peaks at" in out
 
@@ -207,7 +185,7 @@ def test_tables_print_tokens_as_text_not_markup(capsys):
 ])
 def test_bad_input_is_one_clear_line_before_the_model_loads(no_load, monkeypatch, tmp_path, argv, code, message):
     monkeypatch.chdir(tmp_path)
-    got, _, err = _call("relation", *argv)
+    got, _, err = call("relation", *argv)
     assert got == code and message in err, err
     assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1
 
@@ -215,10 +193,10 @@ def test_bad_input_is_one_clear_line_before_the_model_loads(no_load, monkeypatch
 def test_a_user_relation_needs_its_template(no_load, tmp_path):
     src = tmp_path / "pairs.jsonl"
     src.write_text('{"subject": "France", "object": "Paris"}\n{"subject": "Japan", "object": "Tokyo"}\n')
-    code, _, err = _call("relation", "fit", str(src))
+    code, _, err = call("relation", "fit", str(src))
     assert code == 1 and "pass its template" in err
     src.write_text('{"subject": "France"}\n')
-    code, _, err = _call("relation", "fit", str(src), "--template", "The capital of {} is")
+    code, _, err = call("relation", "fit", str(src), "--template", "The capital of {} is")
     assert code == 1 and "pairs.jsonl:1" in err and '"subject" and "object"' in err
 
 
@@ -231,17 +209,17 @@ def test_an_lre_for_another_model(lab, tmp_path, monkeypatch, no_load):
     lre.write_bytes(lab.lre.read_bytes())
     side = json.loads((lab.root / "capital.safetensors.json").read_text())
     (tmp_path / "gemma.safetensors.json").write_text(json.dumps({**side, "model": "gemma-3-270m"}))
-    code, _, err = _call("relation", "lens", str(lre), "Paris is", "--layers", "30")
+    code, _, err = call("relation", "lens", str(lre), "Paris is", "--layers", "30")
     assert code == 2 and "Layer 30 is out of range for gemma-3-270m" in err
     monkeypatch.setattr(loading, "load", lambda *a, **k: lab.model)
-    code, _, err = _call("relation", "predict", str(lre), "France")
+    code, _, err = call("relation", "predict", str(lre), "France")
     assert code == 1 and "was made for 'gemma-3-270m', not 'tiny-llama'" in err
 
 
 def test_bad_subjects_and_layers_after_the_load(lab, names):
-    code, _, err = _call("relation", "predict", str(lab.lre), "France", " ")
+    code, _, err = call("relation", "predict", str(lab.lre), "France", " ")
     assert code == 2 and "a subject is empty" in err and names == []
-    code, _, err = _call("relation", "lens", str(lab.lre), "Paris is", "--layers", "5")
+    code, _, err = call("relation", "lens", str(lab.lre), "Paris is", "--layers", "5")
     assert code == 1 and "Layer 5 is out of range for tiny-llama" in err
-    code, _, err = _call("relation", "fit", "country_capital_city", "tiny", "--layers", "2", "--max-facts", "12")
+    code, _, err = call("relation", "fit", "country_capital_city", "tiny", "--layers", "2", "--max-facts", "12")
     assert code == 1 and "Layer 2 cannot be swept on tiny-llama" in err

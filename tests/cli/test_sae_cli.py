@@ -4,15 +4,13 @@ it; and the bad input each command refuses with one clear line."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
-import sys
 from types import SimpleNamespace
 
 import pytest
 from conftest import make_tiny
+from incli import call
 
 SITE = "layers.1.resid_post"
 DOCS = [f"The quick brown fox number {i} jumps over the lazy dog near river {i * 7}." for i in range(40)]
@@ -20,28 +18,8 @@ TRAIN = ["--sample-tokens", "0", "--total-tokens", "640", "--batch-size", "64", 
          "--warmup-steps", "2", "--eval-tokens", "200", "--window", "32"]
 
 
-def _call(*argv: str) -> tuple[int, str, str]:
-    """`lmscope ARGV` in-process: (exit code, stdout, stderr)."""
-    from lmscope.cli import main as cli_main
-
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.argv
-    sys.argv = ["lmscope", *argv]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli_main.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    assert "Internal error" not in err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()
-    return code, out.getvalue(), err.getvalue()
-
-
 def _json(*argv: str) -> dict:
-    code, out, err = _call(*argv[:2], "--json", *argv[2:])  # before any "--"
+    code, out, err = call(*argv[:2], "--json", *argv[2:])  # before any "--"
     assert code == 0, err
     return json.loads(out)
 
@@ -96,7 +74,7 @@ def test_train_saves_the_coder_with_its_card(lab):
 def test_train_prints_tables_and_streams(names, tmp_path):
     text = tmp_path / "t.jsonl"
     text.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS[:20]), encoding="utf-8")
-    code, out, err = _call("sae", "train", "tiny", "--site", SITE, "--out", str(tmp_path / "o"), "--text", str(text),
+    code, out, err = call("sae", "train", "tiny", "--site", SITE, "--out", str(tmp_path / "o"), "--text", str(text),
                            "--activations", "stream", "--no-card", *TRAIN)
     assert code == 0, err
     assert "[1/2] loading tiny" in err and "[2/2] training sae topk at layers.1.resid_post" in err
@@ -106,7 +84,7 @@ def test_train_prints_tables_and_streams(names, tmp_path):
 
 def test_resume_continues_from_the_checkpoint(lab, names, tmp_path):
     out = str(tmp_path / "o")
-    code, _, err = _call("sae", "train", "tiny", "--site", SITE, "--out", out, "--text", str(lab.text), *TRAIN,
+    code, _, err = call("sae", "train", "tiny", "--site", SITE, "--out", out, "--text", str(lab.text), *TRAIN,
                          "--resume")
     assert code == 1 and "needs a checkpoint" in err.splitlines()[-1]
     first = _json("sae", "train", "tiny", "--site", SITE, "--out", out, "--text", str(lab.text), *TRAIN,
@@ -115,7 +93,7 @@ def test_resume_continues_from_the_checkpoint(lab, names, tmp_path):
     again = _json("sae", "train", "tiny", "--site", SITE, "--out", out, "--text", str(lab.text), *TRAIN,
                   "--checkpoint-every", "5", "--no-card", "--resume")
     assert again["coders"][0]["train"]["steps"] == first["coders"][0]["train"]["steps"] == 10
-    code, _, err = _call("sae", "train", "tiny", "--site", SITE, "--out", out, "--text", str(lab.text), *TRAIN,
+    code, _, err = call("sae", "train", "tiny", "--site", SITE, "--out", out, "--text", str(lab.text), *TRAIN,
                          "--k", "8", "--checkpoint-every", "5", "--resume")
     assert code == 1 and "other settings (k)" in err
 
@@ -127,7 +105,7 @@ def test_eval_uses_the_sae_s_own_model(lab, names):
     assert {"variance_explained", "l0", "dead_fraction", "dense_fraction", "ce_clean", "ce_spliced", "ce_zero",
             "ce_loss_recovered", "kl_spliced", "kl_zero", "worst_tokens", "text"} <= set(d)
     assert d["n_tokens"] == 300 and d["text"] == str(lab.text)
-    code, out, err = _call("sae", "eval", str(lab.sae), "other-name", "--tokens", "100", "--window", "32")
+    code, out, err = call("sae", "eval", str(lab.sae), "other-name", "--tokens", "100", "--window", "32")
     assert code == 0, err
     assert names[-1] == "other-name" and "variance explained" in out and "held out from the shipped corpus" in out
 
@@ -151,10 +129,10 @@ def test_show_prints_the_page_and_writes_html_and_plot(lab, names, tmp_path):
     assert d["histogram"]["counts"] and len(d["promoted"]) == len(d["suppressed"]) == 5
     assert len(d["nearest_features"]) == 5 and d["files"] == [str(tmp_path / "f.html"), str(tmp_path / "h.png")]
     assert (tmp_path / "f.html").read_text().startswith("<!doctype html>") and (tmp_path / "h.png").stat().st_size > 0
-    code, out, err = _call("sae", "show", str(lab.sae), str(i), "--color")
+    code, out, err = call("sae", "show", str(lab.sae), str(i), "--color")
     assert code == 0, err
     assert "\x1b[" in out and f"feature {i} of the sae" in out and "max-activating contexts" in out
-    code, out, err = _call("sae", "show", "--no-color", str(lab.sae), "--", "-1")  # the last latent
+    code, out, err = call("sae", "show", "--no-color", str(lab.sae), "--", "-1")  # the last latent
     assert code == 0, err
     assert "\x1b[" not in out and "feature 127 of the sae" in out
 
@@ -163,7 +141,7 @@ def test_search_reads_only_the_index(lab, no_load):
     d = _json("sae", "search", str(lab.sae), "a b c", "--limit", "3")
     assert d["query"] == "a b c" and d["path"] == str(lab.sae / "features.sqlite") and 1 <= len(d["hits"]) <= 3
     assert {"feature", "score", "matched", "frequency", "max_act", "top_act", "top_logit"} <= set(d["hits"][0])
-    code, out, _ = _call("sae", "search", str(lab.sae), "zebra-nothing")
+    code, out, _ = call("sae", "search", str(lab.sae), "zebra-nothing")
     assert code == 0 and "features matching" in out
 
 
@@ -181,7 +159,7 @@ def test_steer_reports_baseline_feature_and_control(lab, names):
     assert d["model"] == "tiny-llama" and d["feature"] == 126 and d["mode"] == "clamp" and d["site"] == SITE
     assert set(d["arms"]) == {"baseline", "feature", "random feature"} and d["prompts"] == ["hello there"]
     assert len(d["arms"]["feature"]["texts"]) == 1 and d["arms"]["baseline"]["kl_neutral"] == 0.0
-    code, out, err = _call("sae", "steer", str(lab.sae), "5", "--mode", "ablate", "--prompt", "hi", "--no-generate",
+    code, out, err = call("sae", "steer", str(lab.sae), "5", "--mode", "ablate", "--prompt", "hi", "--no-generate",
                            "--no-control", "--reference", str(lab.text))
     assert code == 0, err
     assert "ablate feature 5" in out and "random feature" not in out
@@ -217,13 +195,13 @@ def test_bad_input_is_one_clear_line_before_the_model_loads(lab, no_load, tmp_pa
     bare = tmp_path / "bare"
     shutil.copytree(lab.sae, bare, ignore=shutil.ignore_patterns("features.*"))
     args = [a.format(tmp=tmp_path, sae=lab.sae, bare=bare) for a in argv]
-    got, out, err = _call("sae", *args)
+    got, out, err = call("sae", *args)
     assert got == code and message in err, err
     assert out == ""
 
 
 def test_a_site_the_model_lacks_is_exit_1_after_the_load(names, tmp_path):
-    code, _, err = _call("sae", "train", "tiny", "--site", "layers.7.resid_post", "--out", str(tmp_path / "o"))
+    code, _, err = call("sae", "train", "tiny", "--site", "layers.7.resid_post", "--out", str(tmp_path / "o"))
     assert code == 1 and err.splitlines()[-1].startswith("Error: Layer 7 is out of range for tiny-llama")
 
 

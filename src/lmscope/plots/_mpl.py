@@ -7,6 +7,7 @@ killed run leaves the previous file in place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from pathlib import Path
@@ -24,13 +25,21 @@ def pyplot():
     return plt
 
 
+@contextlib.contextmanager
+def plain_text():
+    """Mathtext off while a figure is built and saved (text objects read the setting when made, tick
+    labels at draw time): a token or prompt such as "$x$" or "$\\frac{$" is drawn as typed instead
+    of parsed (or failing to parse)."""
+    with pyplot().rc_context({"text.parse_math": False}):
+        yield
+
+
 def literal_text(fn):
-    """Decorator of a plot function: its figure is built and saved with mathtext off, so a token or
-    prompt such as "$x$" or "$\\frac{$" is drawn as typed instead of parsed (or failing to parse)."""
+    """Decorator of a plot function: the whole function runs inside `plain_text()`."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with pyplot().rc_context({"text.parse_math": False}):
+        with plain_text():
             return fn(*args, **kwargs)
 
     return wrapper

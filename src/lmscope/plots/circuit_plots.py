@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ._mpl import pyplot, save, save_text
+from ._mpl import plain_text, pyplot, save, save_text
 from .circuit_html import DASH, KIND_COLORS, NAN, NEG, POS, edge_color, page
 
 _plt = pyplot
@@ -25,12 +24,6 @@ _KIND_ORDER = {"input": 0, "head": 1, "mlp": 2, "other": 3, "logits": 4}
 _MPL_DASH = {"q": (0, (5, 2)), "k": (0, (1, 1.5)), "v": "solid", "mlp": "solid", "logits": "solid",
              "other": (0, (6, 2, 1, 2))}
 
-
-@contextmanager
-def _literal_text():
-    """No mathtext while a figure is built and saved (tick labels are made at draw time)."""
-    with _plt().rc_context({"text.parse_math": False}):
-        yield
 
 
 def _num(x) -> float | None:
@@ -159,7 +152,7 @@ def circuit_png(circuit: dict, path) -> Path:
     nodes, edges, rows = _layout(circuit)
     weights = _weights(edges)
     widest = max((sum(n["r"] == r for n in nodes) for r in range(len(rows))), default=1)
-    with _literal_text():
+    with plain_text():
         plt = _plt()
         size = (min(24, max(6.5, 2.5 + 0.8 * widest)), min(30, max(3.5, 1.4 + 0.45 * len(rows))))
         fig, ax = plt.subplots(figsize=size)
@@ -242,7 +235,7 @@ def patching_heatmap(result: dict, path) -> Path:
     col_labels = [str(t) for t in result.get("col_labels") or []]
     rotate = any(len(_short(t)) > 2 for t in col_labels)
     metric = str(result.get("metric") or "metric")
-    with _literal_text():
+    with plain_text():
         plt = _plt()
         fig, ax = plt.subplots(figsize=(min(26, max(5.0, 2.8 + 0.34 * n_cols)), min(24, max(3.4, 1.8 + 0.26 * n_rows))))
         if m.size:
@@ -282,7 +275,7 @@ def faithfulness_curve(curve: dict, path) -> Path:
 
     x, y = _series(curve.get("fractions"), curve.get("faithfulness"))
     rnd = curve.get("random") or {}
-    with _literal_text():
+    with plain_text():
         plt = _plt()
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.axhline(1, color="0.3", lw=0.8, label="full model (1)")
@@ -332,7 +325,7 @@ def overlap_matrix(overlap: dict, path) -> Path:
     k, w = min(n, given.shape[0]), min(n, given.shape[1] if given.ndim == 2 else 0)
     m[:k, :w] = given[:k, :w]
     shared = overlap.get("shared") or {}
-    with _literal_text():
+    with plain_text():
         plt = _plt()
         side = min(16, max(3.8, 2.2 + 0.7 * n))
         fig, ax = plt.subplots(figsize=(side + 1.2, side))
@@ -365,7 +358,7 @@ def head_scores(scores: dict, path) -> Path:
     m = _matrix(scores.get("values"))
     n_layers, n_heads = m.shape
     finite = m[np.isfinite(m)]
-    with _literal_text():
+    with plain_text():
         plt = _plt()
         size = (min(20, max(4.5, 2.8 + 0.42 * n_heads)), min(24, max(3.4, 1.6 + 0.26 * n_layers)))
         fig, ax = plt.subplots(figsize=size)

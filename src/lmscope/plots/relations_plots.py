@@ -9,24 +9,16 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._mpl import pyplot, save
+from ._mpl import plain_text, pyplot, save
 
 if TYPE_CHECKING:
     from lmscope.relations.attribute_lens import AttributeLens
     from lmscope.relations.study import RelationReport
 
 _plt = pyplot
-
-
-@contextmanager
-def _literal_text():
-    """No mathtext while a figure is built and saved: tokens and prompts such as "$x$" are text."""
-    with _plt().rc_context({"text.parse_math": False}):
-        yield
 
 
 def _short(tok: str, n: int = 8) -> str:
@@ -50,7 +42,7 @@ def sweep_plot(report: RelationReport, path) -> Path:
     import numpy as np
 
     plt = _plt()
-    with _literal_text():
+    with plain_text():
         grid = np.array([[_nan(v) for v in row] for row in report.faithfulness_grid], dtype=float).reshape(
             len(report.layers), len(report.betas))
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.2 + 0.12 * len(report.layers)),
@@ -114,7 +106,7 @@ def attribute_lens_plot(lens: AttributeLens, path) -> Path:
     import numpy as np
 
     plt = _plt()
-    with _literal_text():
+    with plain_text():
         values = np.array(lens.target_prob if lens.target else lens.top_prob, dtype=float).reshape(
             len(lens.layers), len(lens.tokens))
         n_layer, n_pos = values.shape
