@@ -48,8 +48,13 @@ def first_token(model: Model, obj: str) -> int:
     return int(ids[0])
 
 
-def matches(model: Model, token_id: int, obj: str) -> bool:
-    """The paper's check: the predicted token is a non-trivial prefix of the object
-    (case-insensitive, surrounding spaces ignored): " Par" counts for "Paris", " " does not."""
-    text = model.tokenizer.decode([int(token_id)]).strip().lower()
+def is_prefix(token: str, obj: str) -> bool:
+    """The paper's check on a token's text: a non-trivial prefix of the object (case-insensitive,
+    surrounding spaces ignored): " Par" counts for "Paris", " " does not."""
+    text = token.strip().lower()
     return bool(text) and obj.strip().lower().startswith(text)
+
+
+def matches(model: Model, token_id: int, obj: str) -> bool:
+    """`is_prefix` of the predicted token's text and the object."""
+    return is_prefix(model.tokenizer.decode([int(token_id)]), obj)

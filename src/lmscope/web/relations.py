@@ -234,9 +234,10 @@ def lens(model, lre, req, max_positions: int) -> dict:
 
 
 def _prefix(token: str, objects: list[str]) -> bool:
-    """The paper's check on a token's text: a non-trivial, case-insensitive prefix of an object."""
-    t = token.strip().lower()
-    return bool(t) and any(o.strip().lower().startswith(t) for o in objects)
+    """The paper's check (`relations.prompts.is_prefix`) against any of the subject's objects."""
+    from lmscope.relations.prompts import is_prefix
+
+    return any(is_prefix(token, o) for o in objects)
 
 
 def predict(model, lre, req, max_tokens: int) -> dict:
