@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import statistics
 import sys
 import threading
@@ -574,11 +575,18 @@ def test_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "lmscope studio" in page.text and "/static/app.js" in page.text and "/static/style.css" in page.text
-    js = client.get("/static/app.js")
-    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
-    for endpoint in ("/api/info", "/api/run", "/api/generate", "/api/logit_lens", "/api/atlas/search", "/api/neuron/"):
-        assert endpoint in js.text  # every tab is backed by its JSON endpoint
-    assert client.get("/static/style.css").status_code == 200
+    assert "<!-- include:" not in page.text  # every panel's part was put in its place
+    scripts = re.findall(r'<script src="(/static/[^"]+)"', page.text)
+    sheets = re.findall(r'<link rel="stylesheet" href="(/static/[^"]+)"', page.text)
+    assert "/static/app.js" in scripts and "/static/style.css" in sheets
+    js = ""
+    for url in scripts + sheets:  # everything the page links is served
+        r = client.get(url)
+        assert r.status_code == 200, url
+        js += r.text
+    for endpoint in ("/api/info", "/api/run", "/api/generate", "/api/logit_lens", "/api/atlas/search", "/api/neuron/",
+                     "/api/jobs/"):
+        assert endpoint in js  # every tab is backed by its JSON endpoint
     assert "http" not in page.text.replace("http://www.w3.org", "")  # nothing loaded from the network
     assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN
     for kind in ("any", "in", "out", "out_bottom", "in_gate", "in_up"):  # every kind the API takes

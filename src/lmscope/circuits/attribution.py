@@ -28,6 +28,7 @@ from lmscope.circuits.ablation import ABLATIONS, reference
 from lmscope.circuits.metric import TaskRun
 from lmscope.engine.edges import EdgeRun, Graph, sender_outputs
 from lmscope.engine.errors import InputError
+from lmscope.engine.progress import steps
 from lmscope.engine.results import Result, Table
 
 METHODS = ("eap", "eap-ig")
@@ -111,10 +112,10 @@ class EdgeScores(Result):
                            f"(clean {self.clean:.3f}, corrupt {self.corrupt:.3f})")
 
 
-def _chunks(run: TaskRun, size: int):
+def _chunks(run: TaskRun, size: int, desc: str = "pairs"):
+    """Batches of pair indices, as progress steps (the studio shows them; a cancelled job stops)."""
     n = run.n
-    for i in range(0, n, size):
-        yield list(range(i, min(n, i + size)))
+    yield from steps([list(range(i, min(n, i + size))) for i in range(0, n, size)], desc=desc, unit="batch")
 
 
 def references(run: TaskRun, ablation: str, full: TaskRun | None = None) -> tuple[Tensor, Tensor]:
@@ -141,7 +142,7 @@ def attribute(run: TaskRun, config: AttributionConfig | None = None) -> EdgeScor
     t0 = time.perf_counter()
     total = torch.zeros(len(g.senders), len(g.receivers), dtype=torch.float64)
     clean_m, corrupt_m = [], []
-    for idx in _chunks(run, cfg.batch_size):
+    for idx in _chunks(run, cfg.batch_size, f"{cfg.method} edge scores"):
         sub = _subrun(run, idx)
         a_clean, ref = references(sub, cfg.ablation, run)
         delta = (ref - a_clean).float()  # [S, b, p, d]
@@ -223,7 +224,7 @@ def attribute_nodes(run: TaskRun, config: AttributionConfig | None = None) -> No
     heads = torch.zeros(L, model.n_heads, dtype=torch.float64)
     mlps = torch.zeros(L, dtype=torch.float64)
     clean_m = []
-    for idx in _chunks(run, cfg.batch_size):
+    for idx in _chunks(run, cfg.batch_size, "node scores"):
         sub = _subrun(run, idx)
         cor = forward(model, sub.corrupt, capture=sites + ["embed"], logits=None)
         refs = {s: cor.cache[s] for s in sites}

@@ -25,6 +25,7 @@ from lmscope.engine import positions as P
 from lmscope.engine.arch import get_module
 from lmscope.engine.errors import EngineError, InputError, SiteError
 from lmscope.engine.interventions import Edit, EditContext
+from lmscope.engine.progress import checkpoint
 from lmscope.engine.sites import CAPTURE_ONLY, Site
 
 if TYPE_CHECKING:
@@ -405,7 +406,10 @@ class _Engine:
 
     def install(self, edits: Sequence[tuple[Site, Edit]], caps: Sequence[_Capture], stop_layer: int | None) -> None:
         m = self.model
-        self.handles.append(m.hf.register_forward_pre_hook(lambda mod, a, kw: self.state.update(a, kw), with_kwargs=True))
+        def pre(mod, a, kw):
+            checkpoint()  # a cancelled studio job stops at its next forward (engine.progress)
+            self.state.update(a, kw)
+        self.handles.append(m.hf.register_forward_pre_hook(pre, with_kwargs=True))
         for site, edit in edits:
             pt = point_for(m, site)
             self._add(pt.module, pt.io, EDIT, self._edit_fn(pt, site, edit))

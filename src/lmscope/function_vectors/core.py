@@ -41,6 +41,7 @@ from lmscope.datasets import icl as T
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Add, Apply, Edit, Set
 from lmscope.engine.model import Model
+from lmscope.engine.progress import steps
 from lmscope.engine.results import Result, Table
 from lmscope.function_vectors import scoring
 from lmscope.vectors.vector import Vector
@@ -156,12 +157,10 @@ def last_token_means(model: Model, prompts: Sequence[str], *, batch_size: int = 
         (mean [n_layers, d_model], mean L2 norm [n_layers]), float32 on the CPU (accumulated
         in float64).
     """
-    from tqdm.auto import tqdm
-
     total = torch.zeros(model.n_layers, model.d_model, dtype=torch.float64)
     norm = torch.zeros(model.n_layers, dtype=torch.float64)
     names = [f"layers.{i}.resid_post" for i in range(model.n_layers)]
-    for s in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="states", leave=False):
+    for s in steps(range(0, len(prompts), batch_size), desc="states", show=progress, leave=False):
         res = model.run(list(prompts[s:s + batch_size]), capture=["layers.*.resid_post"], positions="last", logits=None)
         x = torch.stack([res.cache[n] for n in names], 1).double().cpu()  # [b, layer, d_model]
         total += x.sum(0)
@@ -212,15 +211,13 @@ def indirect_effects(model: Model, prompts: Sequence[str], targets: Tensor, mean
     Returns:
         AIE [n_layers, n_heads] float32 (NaN where not scanned).
     """
-    from tqdm.auto import tqdm
-
     layers = (list(range(model.n_layers)) if layers is None
               else [model.site(f"layers.{i}.resid_post").layer for i in layers])
     h, n = model.n_heads, len(prompts)
     scorer = scoring.LastTokenScorer(model, prompts, targets, batch_size=max(1, 256 // h))
     base = scorer.score().prob  # [n]
     aie = torch.full((model.n_layers, h), float("nan"))
-    for lay in tqdm(layers, disable=not progress, desc="heads (AIE)", leave=False):
+    for lay in steps(layers, desc="heads (AIE)", show=progress, leave=False):
         ed = Apply(site=f"layers.{lay}.attn.z", fn=_per_row_heads(mean_z[lay], h), positions="last", name="mean-head")
         p = scorer.score([ed], rep=h).prob.reshape(n, h)
         aie[lay] = (p - base[:, None]).mean(0)
@@ -369,8 +366,6 @@ def evaluate(model: Model, vector: Vector, task: str | T.Task | TaskData | None 
         mode: "add" or "replace" (default: the vector's meta, else "add").
         shots: Demonstrations of the few-shot baseline (default: the vector's).
     """
-    from tqdm.auto import tqdm
-
     vector.check_model(model)
     m = vector.meta
     mode = mode or m.get("mode", "add")
@@ -404,7 +399,7 @@ def evaluate(model: Model, vector: Vector, task: str | T.Task | TaskData | None 
         s = scoring.score(model, data.few_shot(shots, seed), ids, batch_size=batch_size)
         fs = (s.accuracy, float(s.prob.mean()))
     acc, rnd, prob, preds = [], [], [], []
-    for lay in tqdm(layers, disable=not progress, desc="layers", leave=False):
+    for lay in steps(layers, desc="layers", show=progress, leave=False):
         s = run(vector, lay)
         acc.append(s.accuracy)
         prob.append(float(s.prob.mean()))

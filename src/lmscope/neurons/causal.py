@@ -29,6 +29,7 @@ from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Edit, MeanAblate, Resample, Set, Zero
 from lmscope.engine.metrics import kl_from, next_token_logprobs
 from lmscope.engine.model import Model
+from lmscope.engine.progress import steps
 from lmscope.engine.results import Result, Table
 
 log = logging.getLogger(__name__)
@@ -319,14 +320,9 @@ def ablation_curve(model: Model, ranking: Sequence[Neuron], prompts: Sequence[st
         kl = kl_from(model, neutral, clean, edits=edits, batch_size=batch_size) if neutral else None
         return effect_of(neurons, method, before, after, kl)
 
-    steps = [(k, r) for k in ks for r in range(-1, n_random)]
-    it = steps
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(steps, desc="ablation curve", unit="run")
+    runs = [(k, r) for k in ks for r in range(-1, n_random)]
     top, rnd_runs = [], {k: [] for k in ks}
-    for k, r in it:
+    for k, r in steps(runs, desc="ablation curve", unit="run", show=progress):
         if r < 0:
             top.append(measure(list(ranking[:k]), seed))
             continue
@@ -419,12 +415,7 @@ def dose_response(model: Model, neurons: Sequence[Neuron], prompts: Sequence[str
     groups = group_by_layer(model, neurons)
     clean = last_token_metrics(model, prompts, target=tid, baseline=bid, batch_size=batch_size)
     rows = []
-    it = list(values)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="dose", unit="value")
-    for v in it:
+    for v in steps(list(values), desc="dose", unit="value", show=progress):
         edits = [Set(site=_site(L, u), value=float(v), positions=positions) for L, u in groups.items()]
         rows.append(last_token_metrics(model, prompts, target=tid, baseline=bid, edits=edits, batch_size=batch_size))
     dec = model.tokenizer.decode

@@ -26,6 +26,7 @@ from lmscope.datasets import files
 from lmscope.datasets.corpus import _prefix_ids
 from lmscope.engine.errors import InputError
 from lmscope.engine.model import Model
+from lmscope.engine.progress import steps
 from lmscope.engine.results import Result, Table
 from lmscope.neurons.recording import neuron_kind
 
@@ -147,12 +148,7 @@ def neuron_activations(model: Model, texts: Sequence[str], layers: Sequence[int]
     sites = [f"layers.{L}.{kind}" for L in layers]
     n_prefix = len(_prefix_ids(model.tokenizer))
     chunks = []
-    it = range(0, len(texts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="activations", unit="batch")
-    for lo in it:
+    for lo in steps(range(0, len(texts), batch_size), desc="activations", unit="batch", show=progress):
         res = model.run(list(texts[lo:lo + batch_size]), capture=sites, logits=None,
                         positions="last" if reduce == "last" else "all")
         if reduce == "last":

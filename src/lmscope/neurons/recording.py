@@ -30,6 +30,7 @@ from lmscope.engine.errors import InputError, SiteError
 from lmscope.engine.grammar import parse_layers
 from lmscope.engine.grammar import parse_neurons as parse_neuron_spec
 from lmscope.engine.model import Model
+from lmscope.engine.progress import bar as progress_bar
 from lmscope.engine.results import Result, Table
 from lmscope.engine.sites import Site
 from lmscope.neurons.stats import NeuronStats, TopContexts
@@ -288,13 +289,8 @@ def record(
         recs[s.name] = SiteRecord(
             s, units, NeuronStats(len(units), octave_bins=config.octave_bins, device=dev),
             TopContexts(len(units), k=config.top_k, before=config.before, after=config.after, device=dev))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=windows.n_tokens, unit="tok", desc="record")
     t0 = time.perf_counter()
-    try:
+    with progress_bar(total=windows.n_tokens, unit="tok", desc="record", show=progress) as bar:
         for rows, batch, valid in windows.batches(config.batch_size, dev):
             res = model.run(batch, capture=list(recs), positions="all", logits=None)
             ids = batch.input_ids
@@ -302,11 +298,7 @@ def record(
                 x = res.cache[name]  # [b, t, n]
                 rec.stats.update(x[valid].float())
                 rec.top.update(x, valid, ids, rows)
-            if bar is not None:
-                bar.update(int(valid.sum()))
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(int(valid.sum()))
     seconds = time.perf_counter() - t0
     log.info("Recorded %d tokens in %.1f s", windows.n_tokens, seconds)
     return NeuronRecording(model.name, config, recs, windows.n_tokens, len(windows), seconds, desc)

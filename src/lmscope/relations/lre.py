@@ -27,6 +27,7 @@ from lmscope.engine.artifacts import load_artifact, save_artifact
 from lmscope.engine.errors import ArtifactError, InputError
 from lmscope.engine.jacobian import jacobians
 from lmscope.engine.model import Model
+from lmscope.engine.progress import steps
 from lmscope.engine.readout import unembed
 from lmscope.relations.prompts import icl_prompt, subject_token
 
@@ -169,7 +170,7 @@ def sample_jacobians(model: Model, rel: Relation, train: Sequence[tuple[str, str
     jac = {x: [] for x in layers}
     xs = {x: [] for x in layers}
     os_ = []
-    for i, (s, _) in enumerate(train):
+    for i, (s, _) in enumerate(steps(train, desc="Jacobians", unit="fact")):
         demos = [p for j, p in enumerate(train) if j != i]
         prompt, end = icl_prompt(rel, s, demos)
         pos = subject_token(model, prompt, end)

@@ -32,6 +32,7 @@ import torch
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Add, Edit, ProjectOut
 from lmscope.engine.metrics import kl_from, next_token_logprobs
+from lmscope.engine.progress import steps
 from lmscope.engine.results import Result, Table
 from lmscope.vectors.vector import Vector
 
@@ -469,8 +470,6 @@ def sweep(model: Model, vector: Vector, task: Behaviour, config: SweepConfig | N
     """
     from dataclasses import asdict, replace
 
-    from tqdm.auto import tqdm
-
     cfg = config or SweepConfig()
     if overrides:
         cfg = replace(cfg, **overrides)
@@ -489,7 +488,7 @@ def sweep(model: Model, vector: Vector, task: Behaviour, config: SweepConfig | N
                 if cfg.gen_tokens else None)
     rows = []
     grid = [(lay, c) for lay in layers for c in cfg.coefs]
-    for lay, c in tqdm(grid, disable=not progress, desc="sweep"):
+    for lay, c in steps(grid, desc="sweep", show=progress):
         edits = steer_edits(vector, lay, c, relative=cfg.relative)
         sc = metric(model, edits)["score"]
         kl = float(kl_from(model, task.neutral, base_lp, edits=edits, chat=task.chat).mean())

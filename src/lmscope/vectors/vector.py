@@ -39,6 +39,7 @@ from torch import Tensor
 
 from lmscope.datasets.contrast import ContrastSet
 from lmscope.engine.errors import ArtifactError, InputError, SiteError
+from lmscope.engine.progress import steps
 from lmscope.engine.sites import RESID_KINDS
 
 if TYPE_CHECKING:
@@ -420,15 +421,13 @@ def activations(model: Model, texts: Sequence[str], cfg: ExtractConfig, *, promp
         (acts, norms): acts `[n, n_kept_layers, d_model]` float32 on CPU, and norms
         `[n, n_kept_layers]` (mean per-token L2 norm over the positions read).
     """
-    from tqdm.auto import tqdm
-
     layers = list(cfg.layers) if cfg.layers is not None else list(range(model.n_layers))
     names = [f"layers.{lay}.{cfg.site}" for lay in layers]
     special = not cfg.chat
     specials = set(getattr(model.tokenizer, "all_special_ids", None) or [])
     acts, norms = [], []
     starts = range(0, len(texts), cfg.batch_size)
-    for s in tqdm(starts, disable=not progress, desc="activations", leave=False):
+    for s in steps(starts, desc="activations", show=progress, leave=False):
         chunk = list(texts[s:s + cfg.batch_size])
         if prompts is not None:
             pairs = [join_completion(model, p, c, cfg.chat)

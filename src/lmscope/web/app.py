@@ -31,9 +31,10 @@ is absent 501; anything else 500 with the traceback in the server log only.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-import time
+import re
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -63,6 +64,8 @@ from .bodies import (
 )
 from .edits import VectorFolders, build_edits
 from .guard import LOCAL_HOSTS, Guard, short
+from .jobs import Jobs, UnknownJob
+from .studio import Studio
 from .worker import Busy, Worker
 
 __all__ = ["LOCAL_HOSTS", "MAX_NEW_TOKENS", "MAX_PROMPT_CHARS", "create_app"]
@@ -135,6 +138,30 @@ def _overflow(model, result) -> list[str]:
              "an empty text).")]
 
 
+def error_of(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, message) of an exception, as the handlers below answer it (a job's error too)."""
+    if isinstance(exc, LmscopeError):
+        return 400, str(exc)
+    if isinstance(exc, Unavailable):
+        return 501, str(exc)
+    if isinstance(exc, Busy):
+        return 503, str(exc)
+    log.error("a studio job failed", exc_info=exc)
+    return 500, f"Internal error ({type(exc).__name__}) in the studio; the server log has the details."
+
+
+#: The panels whose routes live in their own module (`web/<name>.py`, `add_routes(studio)`) and
+#: whose page part in `static/<name>.html` (included at `<!-- include: <name>.html -->`).
+PANELS = ("neurons", "vectors", "function_vectors", "inspect")
+_INCLUDE = re.compile(r"<!-- include: ([a-z_]+\.html) -->")
+
+
+def assemble_page() -> str:
+    """index.html with each panel's HTML part put in its place."""
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: (STATIC / m.group(1)).read_text(encoding="utf-8"), page)
+
+
 # ---- the app --------------------------------------------------------------------------------------
 
 def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = None,
@@ -172,7 +199,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     model_q, atlas_q = Worker("model", max_waiting), Worker("atlas", max_waiting)
     state: dict = {"atlas": None}
     info = model.info()  # static: computed once, so /api/info never waits for the model
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    page = assemble_page()
 
     def atlas():
         if state["atlas"] is None:
@@ -201,6 +228,9 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     app.add_middleware(Guard, allowed_hosts=allowed_hosts, max_body=MAX_BODY_BYTES)
     app.state.model = model
     app.state.workers = {"model": model_q, "atlas": atlas_q}
+    jobs = Jobs(error_of)
+    studio = Studio(app, model, model_q, atlas_q, jobs, max_prompt_tokens)
+    app.state.studio = studio
 
     @app.exception_handler(LmscopeError)
     async def _lmscope_error(request: Request, exc: LmscopeError):
@@ -224,6 +254,10 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable):
         return JSONResponse(status_code=501, content={"error": str(exc)})
+
+    @app.exception_handler(UnknownJob)
+    async def _unknown_job(request: Request, exc: UnknownJob):
+        return JSONResponse(status_code=404, content={"error": str(exc)})
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
@@ -249,16 +283,6 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
             "lre_dirs": [str(f) for f in lre_folders.folders], "max_relation_train": relations.MAX_TRAIN,
             "circuit_tasks": circuits.task_names(),
             "max_circuit_pairs": circuits.MAX_PAIRS, "queue": model_q.status()}}
-
-    def timed(name: str, fn):
-        """`fn` with a log line of its duration (the user's text is never logged whole)."""
-        def job(req):
-            t0 = time.perf_counter()
-            out = fn(req)
-            what = getattr(req, "prompt", None) or getattr(req, "task", "")
-            log.info("%s %s: %.2f s", name, short(what), time.perf_counter() - t0)
-            return out
-        return job
 
     def run_job(req: RunRequest) -> dict:
         batch = _tokenize(model, req.prompt, req.chat, max_prompt_tokens)
@@ -329,28 +353,14 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
                 return relations.predict(model, lre, req, max_prompt_tokens)
             except (ArtifactError, InputError) as e:
                 raise lre_folders.quiet(e) from None
-        return timed(f"relation {action}", job)
+        return job
 
-    @app.post("/api/run")
-    async def run(req: RunRequest):
-        return await model_q.run(timed("run", run_job), req)
-
-    @app.post("/api/generate")
-    async def generate(req: GenerateRequest):
-        return await model_q.run(timed("generate", generate_job), req)
-
-    @app.post("/api/logit_lens")
-    async def logit_lens(req: LensRequest):
-        return await model_q.run(timed("logit_lens", lens_job), req)
-
-    @app.post("/api/circuit")
-    async def circuit(req: CircuitRequest):
-        return await model_q.run(timed("circuit", circuit_job), req)
-
-    @app.post("/api/sae")
-    async def sae(req: SaeRequest):
-        queue = atlas_q if req.action == "search" else model_q  # a search reads only the index
-        return await queue.run(timed(f"sae {req.action}", sae_job), req)
+    studio.post("run", RunRequest, run_job)
+    studio.post("generate", GenerateRequest, generate_job)
+    studio.post("logit_lens", LensRequest, lens_job)
+    studio.post("circuit", CircuitRequest, circuit_job)
+    # a search reads only the index: the atlas thread, not the model's queue
+    studio.post("sae", SaeRequest, sae_job, queue=lambda req: atlas_q if req.action == "search" else model_q)
 
     @app.get("/api/sae/folders")
     async def sae_found():
@@ -366,17 +376,9 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
         return await atlas_q.run(lambda _: {"lre_dirs": [str(f) for f in lre_folders.folders],
                                             "files": lre_folders.find(model.name), "fitted": lres.fitted()}, None)
 
-    @app.post("/api/relations/fit")
-    async def relation_fit(req: RelationFitRequest):
-        return await model_q.run(relation_job("fit"), req)
-
-    @app.post("/api/relations/lens")
-    async def relation_lens(req: RelationLensRequest):
-        return await model_q.run(relation_job("lens"), req)
-
-    @app.post("/api/relations/predict")
-    async def relation_predict(req: RelationPredictRequest):
-        return await model_q.run(relation_job("predict"), req)
+    studio.post("relations/fit", RelationFitRequest, relation_job("fit"))
+    studio.post("relations/lens", RelationLensRequest, relation_job("lens"))
+    studio.post("relations/predict", RelationPredictRequest, relation_job("predict"))
 
     @app.get("/api/atlas/search")
     async def atlas_search(q: Annotated[str, Query(min_length=1, max_length=200)],
@@ -399,4 +401,18 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
                     **{kind: [{"token": t, "score": s} for t, s in v] if v else None for kind, v in d.items()}}
         return await model_q.run(job, None)
 
+    @app.get("/api/jobs")
+    async def job_list():
+        return {"jobs": jobs.list(), "queue": model_q.status()}
+
+    @app.get("/api/jobs/{job_id}")
+    async def job_state(job_id: str):
+        return jobs.get(job_id).view()
+
+    @app.delete("/api/jobs/{job_id}")
+    async def job_cancel(job_id: str):
+        return jobs.cancel(job_id).view(result=False)
+
+    for name in PANELS:
+        importlib.import_module(f"{__package__}.{name}").add_routes(studio)
     return app

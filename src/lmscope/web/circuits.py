@@ -9,7 +9,9 @@ runs a user's own pairs.
 
 from __future__ import annotations
 
-import math
+from .studio import json_safe
+
+__all__ = ["BUILT_IN", "MAX_PAIRS", "check_task", "find", "json_safe", "task_names"]
 
 #: The task generators (`lmscope.datasets.circuit_tasks.TASKS`), and the alias load_task accepts.
 BUILT_IN = ("ioi", "induction", "greater-than")
@@ -39,18 +41,6 @@ def check_task(name: str) -> str:
         raise ValueError(f"{name[:40]!r} is a file path; the studio takes task names, not files (run your own "
                          f"pairs with `lmscope circuit find MODEL --task FILE.jsonl`). Tasks: {', '.join(known)}.")
     raise ValueError(f"Unknown circuit task {name[:40]!r}; the studio runs {', '.join(known)}.")
-
-
-def json_safe(obj):
-    """`obj` with every NaN or infinite float replaced by None (JSON has no NaN: a faithfulness
-    is NaN when the task shows no effect, clean metric == fully ablated metric)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def find(model, req, find_circuit, config_cls) -> dict:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from lmscope.engine.errors import ArtifactError, InputError
 
-from .circuits import json_safe
 from .guard import Folders, short
+from .studio import json_safe
 
 #: Training facts at most (the paper uses 5 to 8; each costs one Jacobian: ~7 s on gemma-3-270m).
 MAX_TRAIN = 8

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from lmscope.engine.errors import InputError, LmscopeError
 
-from .circuits import json_safe
 from .guard import Folders, short
+from .studio import json_safe
 
 #: Coders (and their statistics) kept loaded, most recently used first.
 KEEP = 4

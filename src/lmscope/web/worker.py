@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 
@@ -55,8 +55,9 @@ class Worker:
             return {"running": running, "waiting": self._pending - running, "max_waiting": self.max_waiting,
                     "done": self._done}
 
-    async def run(self, fn: Callable[..., Any], *args) -> Any:
-        """`fn(*args)` on the worker thread, awaited without holding any other thread."""
+    def submit(self, fn: Callable[..., Any], *args) -> Future:
+        """Queue `fn(*args)` on the worker thread (or raise `Busy`); its future. Cancel it with
+        `cancel(future)`, which also counts it out of the queue."""
         with self._lock:
             waiting = max(0, self._pending - 1)
             if self._pending and waiting >= self.max_waiting:
@@ -64,12 +65,22 @@ class Worker:
                 raise Busy(f"The studio is busy: {waiting} requests wait for the {self.name} (at most "
                            f"{self.max_waiting}). Retry in about {wait} s.", wait)
             self._pending += 1
-        fut = self._pool.submit(self._timed, fn, args)
+        return self._pool.submit(self._timed, fn, args)
+
+    def cancel(self, fut: Future) -> bool:
+        """Drop a job that has not started (True); a running one is not stopped here (False)."""
+        if fut.cancel():  # it never started, so `_timed` will not count it out
+            self._finish(None)
+            return True
+        return False
+
+    async def run(self, fn: Callable[..., Any], *args) -> Any:
+        """`fn(*args)` on the worker thread, awaited without holding any other thread."""
+        fut = self.submit(fn, *args)
         try:
             return await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
-            if fut.cancel():  # it never started, so `_timed` will not count it out
-                self._finish(None)
+            self.cancel(fut)
             raise
 
     def _timed(self, fn, args):

@@ -5,6 +5,8 @@
 // ---- small helpers ---------------------------------------------------------------------------
 const $ = (id) => document.getElementById(id);
 
+const INTERACTIVE = new Set(["BUTTON", "A", "INPUT", "SELECT", "TEXTAREA", "SUMMARY", "LABEL", "OPTION"]);
+
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -12,6 +14,14 @@ function el(tag, attrs, ...children) {
     else if (k === "style") e.style.cssText = v;
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v);
+  }
+  // Anything clickable is reachable by keyboard: Tab to it, Enter or Space to click it.
+  if (attrs && attrs.onclick && !INTERACTIVE.has(e.tagName)) {
+    if (!e.hasAttribute("tabindex")) e.tabIndex = 0;
+    if (!e.hasAttribute("role")) e.setAttribute("role", "button");
+    e.addEventListener("keydown", (ev) => {
+      if (ev.target === e && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); e.click(); }
+    });
   }
   for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
   return e;
@@ -62,7 +72,7 @@ async function api(method, path, body) {
 
 // Run `fn` with the form's submit button disabled and a timer in the status line. While it
 // runs, the status shows how many requests wait for the model (from /api/info, which answers
-// at once however long the queue is).
+// at once however long the queue is), unless `fn` runs a job, which shows its own progress.
 async function busy(form, statusId, outId, fn) {
   const btn = form.querySelector("button[type=submit]");
   const status = $(statusId);
@@ -72,29 +82,198 @@ async function busy(form, statusId, outId, fn) {
   const poll = setInterval(async () => {
     try {
       const q = (await api("GET", "/api/info")).studio.queue;
-      if (btn.disabled) status.textContent = `working\u2026 (model: ${q.running} running, ${q.waiting} waiting)`;
+      if (btn.disabled && !status.dataset.job) status.textContent = `working\u2026 (model: ${q.running} running, ${q.waiting} waiting)`;
     } catch (e) { /* the answer itself will say what went wrong */ }
   }, 1000);
   try {
-    await fn();
+    await fn(status);
     status.textContent = `${((performance.now() - t0) / 1000).toFixed(2)} s`;
   } catch (e) {
     status.textContent = "";
-    $(outId).replaceChildren(el("div", { class: "error" }, e.message));
+    if (e instanceof JobCancelled) status.textContent = "cancelled";
+    else $(outId).replaceChildren(el("div", { class: "error", role: "alert" }, e.message));
   } finally {
     clearInterval(poll);
+    delete status.dataset.job;
     btn.disabled = false;
   }
 }
 
-// ---- tabs and model info ---------------------------------------------------------------------
-function showTab(name) {
-  document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
-  document.querySelectorAll(".panel").forEach((p) => p.classList.toggle("active", p.id === "tab-" + name));
-  history.replaceState(null, "", "#" + name);
+// ---- jobs: long work with progress and a Cancel button -------------------------------------------
+// POST /api/jobs/<path> starts the same work as POST /api/<path> and answers at once with a job
+// id; the page polls GET /api/jobs/<id> for its progress bars and result, and DELETE cancels it.
+class JobCancelled extends Error {}
+
+function progressView(j) {
+  if (j.state === "waiting") return [el("span", {}, `waiting for the model (${j.waited.toFixed(0)} s)`)];
+  if (!j.progress.length) return [el("span", {}, `running\u2026 ${j.seconds !== null ? j.seconds.toFixed(0) + " s" : ""}`)];
+  return j.progress.map((b) => el("span", { class: "bar-step" },
+    b.total ? el("progress", { max: b.total, value: b.done, "aria-label": b.desc }) : null,
+    ` ${b.desc} ${b.done}${b.total ? "/" + b.total : ""} ${b.unit !== "it" ? b.unit : ""}`));
 }
-document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
-if (location.hash && $("tab-" + location.hash.slice(1))) showTab(location.hash.slice(1));
+
+async function runJob(path, body, status) {
+  const j0 = await api("POST", `/api/jobs/${path}`, body);
+  let cancelled = false;
+  const cancel = el("button", { type: "button", class: "cancel", onclick: async () => {
+    cancelled = true;
+    cancel.disabled = true;
+    try { await api("DELETE", `/api/jobs/${j0.id}`); } catch (e) { /* the poll will say */ }
+  } }, "Cancel");
+  const prog = el("span", { class: "progress", "aria-live": "polite" });
+  if (status) {
+    status.dataset.job = j0.id;
+    status.replaceChildren(prog, " ", cancel);
+  }
+  let j = j0;
+  for (let wait = 150; ; wait = Math.min(1000, wait * 1.5)) {
+    if (j.state === "done") return j.result;
+    if (j.state === "error") throw new Error(j.error);
+    if (j.state === "cancelled") throw new JobCancelled("cancelled");
+    prog.replaceChildren(...progressView(j));
+    await new Promise((r) => setTimeout(r, cancelled ? 100 : wait));
+    j = await api("GET", `/api/jobs/${j0.id}`);
+  }
+}
+
+// ---- downloads: every result as JSON, and as a PNG of what the page shows -------------------------
+function download(blob, name) {
+  const a = el("a", { href: URL.createObjectURL(blob), download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+const fileName = (name) => String(name).replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 80) || "lmscope";
+
+// A PNG of `node` as the page draws it: the node (scroll boxes opened to their full size) with
+// the page's own stylesheets, drawn through an SVG <foreignObject> onto a canvas at 2x.
+async function nodePNG(node) {
+  const css = [...document.styleSheets].flatMap((sh) => { try { return [...sh.cssRules].map((r) => r.cssText); }
+    catch (e) { return []; } }).join("\n") +
+    "\n.png-root { font: 15px/1.5 system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif; color: #1d2330; }" +
+    "\n.png-root, .png-root * { max-height: none !important; overflow: visible !important; }" +
+    "\n.png-root .tools, .png-root .cancel { display: none !important; }";
+  const clone = node.cloneNode(true);
+  clone.style.margin = "0";
+  const box = el("div", { class: "png-root", style: `position:absolute;left:-100000px;top:0;width:${node.offsetWidth}px;` +
+    "background:#fff" }, el("style", {}, css), clone);
+  document.body.append(box);
+  const w = Math.ceil(Math.max(box.scrollWidth, box.offsetWidth)), h = Math.ceil(box.scrollHeight);
+  box.style.position = box.style.left = box.style.top = "";
+  const xml = new XMLSerializer().serializeToString(box);
+  box.remove();
+  const svgText = `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}">` +
+    `<foreignObject x="0" y="0" width="${w}" height="${h}">${xml}</foreignObject></svg>`;
+  const img = new Image();
+  img.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svgText);
+  await img.decode();
+  const scale = 2, canvas = el("canvas", { width: w * scale, height: h * scale });
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.scale(scale, scale);
+  ctx.drawImage(img, 0, 0);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+// The JSON / PNG buttons of a result: `data` is what the API answered, `node()` what to draw.
+function tools(data, name, node) {
+  return el("span", { class: "tools" },
+    el("button", { type: "button", class: "chip", title: "download what the API answered",
+      onclick: () => download(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }), fileName(name) + ".json") },
+    "\u2913 JSON"),
+    el("button", { type: "button", class: "chip", title: "download this view as an image",
+      onclick: async () => download(await nodePNG(node()), fileName(name) + ".png") }, "\u2913 PNG"));
+}
+
+// A result card: a title row with the download buttons, then the content.
+function resultCard(title, data, name, ...content) {
+  const card = el("div", { class: "card result" });
+  card.append(el("div", { class: "card-head" }, el("h3", {}, title), tools(data, name, () => card)), ...content);
+  return card;
+}
+
+// ---- tabs and model info ---------------------------------------------------------------------
+const TABS = [...document.querySelectorAll("nav [role=tab]")];
+function showTab(name, { keepHash = false } = {}) {
+  TABS.forEach((b) => {
+    const on = b.dataset.tab === name;
+    b.classList.toggle("active", on);
+    b.setAttribute("aria-selected", on ? "true" : "false");
+    b.tabIndex = on ? 0 : -1;
+  });
+  document.querySelectorAll(".panel").forEach((p) => p.classList.toggle("active", p.id === "tab-" + name));
+  if (!keepHash) history.replaceState(null, "", "#" + (STATE.saved[name] || name));
+}
+TABS.forEach((b, i) => {
+  b.id = b.id || `tabbtn-${b.dataset.tab}`;
+  b.setAttribute("aria-controls", "tab-" + b.dataset.tab);
+  $("tab-" + b.dataset.tab).setAttribute("role", "tabpanel");
+  $("tab-" + b.dataset.tab).setAttribute("aria-labelledby", b.id);
+  b.addEventListener("click", () => showTab(b.dataset.tab));
+  b.addEventListener("keydown", (ev) => {  // the WAI-ARIA tabs pattern: arrows, Home, End
+    const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: TABS.length - 1 }[ev.key];
+    if (to === undefined) return;
+    ev.preventDefault();
+    const t = TABS[(to + TABS.length) % TABS.length];
+    showTab(t.dataset.tab);
+    t.focus();
+  });
+});
+
+// ---- shareable URLs: a view's state in the hash -----------------------------------------------
+// Submitting a form writes `#<tab>?<field>=<value>&...&go=<form id>` (only fields that differ
+// from the page's defaults); opening such a URL fills the fields and submits that form again.
+// A panel with state beyond its fields (Generate's edit rows) registers STATE.hooks[tab] =
+// {save() -> string, load(string)}; one whose options load later registers STATE.ready[tab].
+const STATE = { saved: {}, hooks: {}, ready: {} };
+
+function fieldsOf(panel) {
+  return [...panel.querySelectorAll("input[id], select[id], textarea[id]")].filter((f) => f.type !== "file");
+}
+function changed(f) {
+  if (f.type === "checkbox") return f.checked !== f.defaultChecked;
+  if (f.tagName === "SELECT") {
+    const d = [...f.options].find((o) => o.defaultSelected) || f.options[0];
+    return !d || f.value !== d.value;
+  }
+  return f.value !== f.defaultValue;
+}
+function saveState(form) {
+  const panel = form.closest(".panel");
+  if (!panel) return;
+  const tab = panel.id.slice(4), q = new URLSearchParams();
+  for (const f of fieldsOf(panel)) {
+    if (changed(f)) q.set(f.id, f.type === "checkbox" ? (f.checked ? "1" : "0") : f.value);
+  }
+  const hook = STATE.hooks[tab];
+  if (hook) { const v = hook.save(); if (v) q.set("_", v); }
+  if (form.id) q.set("go", form.id);
+  STATE.saved[tab] = `${tab}?${q}`;
+  history.replaceState(null, "", "#" + STATE.saved[tab]);
+}
+document.addEventListener("submit", (ev) => saveState(ev.target), true);
+
+async function restoreState() {
+  const h = decodeURIComponent(location.hash.slice(1));
+  if (!h) return;
+  const [tab, query] = [h.split("?")[0], h.includes("?") ? h.slice(h.indexOf("?") + 1) : ""];
+  if (!$("tab-" + tab)) return;
+  showTab(tab, { keepHash: true });
+  if (!query) return;
+  await STATE.ready[tab];
+  const q = new URLSearchParams(query), panel = $("tab-" + tab);
+  for (const f of fieldsOf(panel)) {
+    if (!q.has(f.id)) continue;
+    if (f.type === "checkbox") f.checked = q.get(f.id) === "1";
+    else f.value = q.get(f.id);
+    f.dispatchEvent(new Event("change"));
+  }
+  if (q.has("_") && STATE.hooks[tab]) STATE.hooks[tab].load(q.get("_"));
+  const form = q.get("go") && $(q.get("go"));
+  if (form && panel.contains(form)) form.requestSubmit();
+}
 
 let INFO = null;
 async function loadInfo() {
@@ -115,21 +294,17 @@ async function loadInfo() {
   if (!i.chat_template) {
     document.querySelectorAll(".chat-box").forEach((c) => { c.disabled = true; c.parentElement.title = "no chat template"; });
   }
-  $("neuron-layer").max = i.n_layers - 1;
-  $("neuron-layer").min = -i.n_layers;
-  $("neuron-n").max = i.d_mlp - 1;
-  $("neuron-n").min = -i.d_mlp;
   if (i.studio.circuit_tasks) {  // the generators and the shipped task files the server runs
     const sel = $("circ-task"), was = sel.value;
     sel.replaceChildren(...i.studio.circuit_tasks.map((t) => el("option", { value: t }, t)));
     if (i.studio.circuit_tasks.includes(was)) sel.value = was;
     $("circ-n").max = i.studio.max_circuit_pairs;
   }
-  if (!i.studio.atlas_available) {
-    $("search-status").textContent = `No atlas at ${i.studio.atlas_path}; build it once with ` +
-      `\`lmscope atlas build ${i.name}\` (decoding a neuron below works without it).`;
-  }
+  INFO_LISTENERS.forEach((fn) => fn(i));
 }
+// Panels that adapt to the model (ranges, lists) register here; called once /api/info answers.
+const INFO_LISTENERS = [];
+const onInfo = (fn) => (INFO ? fn(INFO) : INFO_LISTENERS.push(fn));
 
 // ---- Next token ------------------------------------------------------------------------------
 $("run-form").addEventListener("submit", (ev) => {
@@ -185,6 +360,11 @@ function addEditRow(spec) {
   $("edit-rows").append(row);
 }
 $("add-edit").addEventListener("click", () => addEditRow());
+STATE.hooks.generate = {  // the edit rows travel in the URL as JSON
+  save: () => { const e = [...$("edit-rows").children].map((r) => r.read()).filter((x) => x !== null);
+    return e.length ? JSON.stringify(e) : ""; },
+  load: (v) => { $("edit-rows").replaceChildren(); JSON.parse(v).forEach((e) => addEditRow(e)); },
+};
 
 function diffView(base, edited) {
   let i = 0;
@@ -293,60 +473,6 @@ $("lens-form").addEventListener("submit", (ev) => {
   });
 });
 
-// ---- Neurons ----------------------------------------------------------------------------------
-function neuronView(d) {
-  const kinds = [["in_gate", "reads (gate row)"], ["in_up", "reads (up row)"], ["out", "writes (promotes)"],
-    ["out_bottom", "writes (suppresses)"]];
-  const cols = kinds.filter(([k]) => d[k]).map(([k, title]) => {
-    const max = Math.max(...d[k].map((r) => Math.abs(r.score)), 1e-9);
-    return el("div", {}, el("h4", {}, title, " ", el("span", { class: "dim" }, k)),
-      el("table", {}, el("tbody", {}, d[k].map((r) => el("tr", {}, el("td", {}, tok(r.token)),
-        el("td", { style: "width:45%" }, bar(Math.abs(r.score) / max, r.score < 0)),
-        el("td", { class: "num" }, r.score.toFixed(2)))))));
-  });
-  const site = `layers.${d.layer}.mlp.neurons[${d.neuron}]`;
-  const clamp = el("button", { type: "button", onclick: () => {
-    addEditRow({ type: "clamp", site, value: 8 });
-    showTab("generate");
-  } }, "Clamp it in Generate \u2192");
-  return el("div", { class: "card" }, el("div", { class: "row", style: "margin:0 0 .6rem;align-items:center" },
-    el("h3", { style: "margin:0" }, `Neuron ${d.layer}.${d.neuron}`), el("code", {}, site), clamp),
-    el("div", { class: "kinds" }, cols));
-}
-
-async function decodeNeuron(layer, n) {
-  $("neuron-layer").value = layer;
-  $("neuron-n").value = n;
-  const d = await api("GET", `/api/neuron/${layer}/${n}?k=12`);
-  $("neuron-out").replaceChildren(neuronView(d));
-  $("neuron-out").scrollIntoView({ block: "nearest" });
-}
-
-$("neuron-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  busy(ev.target, "neuron-status", "neuron-out", () => decodeNeuron(+$("neuron-layer").value, +$("neuron-n").value));
-});
-
-$("search-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  busy(ev.target, "search-status", "search-out", async () => {
-    const q = encodeURIComponent($("search-q").value), kind = $("search-kind").value;
-    const d = await api("GET", `/api/atlas/search?q=${q}&kind=${kind}&limit=25`);
-    if (!d.results.length) {
-      $("search-out").replaceChildren(el("p", { class: "hint" }, `No neuron has ${JSON.stringify(d.query)} among its top tokens.`));
-      return;
-    }
-    const rows = d.results.map((h) => el("tr", { class: "click", title: "decode this neuron", onclick: () =>
-      decodeNeuron(h.layer, h.neuron).catch((e) => $("neuron-out").replaceChildren(el("div", { class: "error" }, e.message))) },
-      el("td", { class: "num" }, `${h.layer}.${h.neuron}`), el("td", {}, h.kind), el("td", { class: "num" }, h.rank + 1),
-      el("td", {}, tok(h.token)), el("td", { class: "num" }, h.score.toFixed(2)), el("td", { class: "num" }, h.n_match),
-      el("td", {}, h.top.slice(0, 8).map((t) => [tok(t), " "]))));
-    $("search-out").replaceChildren(el("div", { class: "card" },
-      el("h3", {}, `${d.results.length} neurons for ${JSON.stringify(d.query)}`, " ",
-        el("span", { class: "dim" }, "(click one to decode it)")),
-      el("table", {}, el("thead", {}, el("tr", {}, ["neuron", "kind", "rank", "token", "score", "matches", "top tokens"]
-        .map((x) => el("th", {}, x)))), el("tbody", {}, rows))));
-  });
-});
-
-loadInfo();
+// Scripts of the panels load after this one: restore a shared view once they all have.
+window.addEventListener("load", async () => { await STATE.infoLoaded; restoreState(); });
+STATE.infoLoaded = loadInfo();

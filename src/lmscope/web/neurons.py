@@ -1,0 +1,5 @@
+"""Placeholder: the neurons panel routes (being written)."""
+
+
+def add_routes(studio) -> None:
+    pass
