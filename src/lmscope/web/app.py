@@ -229,7 +229,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
     app.state.model = model
     app.state.workers = {"model": model_q, "atlas": atlas_q}
     jobs = Jobs(error_of)
-    studio = Studio(app, model, model_q, atlas_q, jobs, max_prompt_tokens)
+    studio = Studio(app, model, model_q, atlas_q, jobs, max_prompt_tokens, vector_folders=folders)
     app.state.studio = studio
 
     @app.exception_handler(LmscopeError)
@@ -282,7 +282,7 @@ def create_app(model_name: str, *, model=None, atlas_path: str | Path | None = N
             "vector_dirs": [str(f) for f in folders.folders], "sae_dirs": [str(f) for f in sae_folders.folders],
             "lre_dirs": [str(f) for f in lre_folders.folders], "max_relation_train": relations.MAX_TRAIN,
             "circuit_tasks": circuits.task_names(),
-            "max_circuit_pairs": circuits.MAX_PAIRS, "queue": model_q.status()}}
+            "max_circuit_pairs": circuits.MAX_PAIRS, **studio.info, "queue": model_q.status()}}
 
     def run_job(req: RunRequest) -> dict:
         batch = _tokenize(model, req.prompt, req.chat, max_prompt_tokens)

@@ -55,6 +55,8 @@ class Studio:
     atlas_q: Worker
     jobs: Jobs
     max_prompt_tokens: int
+    #: The folders a request may read vector files from (and save them to): `edits.VectorFolders`.
+    vector_folders: Any = None
     #: Entries panels add to /api/info's "studio" block (their limits, their lists).
     info: dict = field(default_factory=dict)
 
