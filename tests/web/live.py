@@ -54,3 +54,20 @@ def serve(app) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+def run_job(page, path: str, click, timeout: float = 300) -> dict:
+    """Start a studio job from the page with `click()` (which makes the page POST /api/jobs/<path>) and
+    wait, asking the server as the page does, until it ends; returns the job's final view (its
+    "result" is what the page renders)."""
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(f"/api/jobs/{path}")) as start:
+        click()
+    assert start.value.status == 202, start.value.text()
+    job = start.value.json()
+    base = start.value.url.split("/api/jobs/")[0]
+    t0 = time.monotonic()
+    while job["state"] not in ("done", "error", "cancelled"):
+        assert time.monotonic() - t0 < timeout, f"job {path} still {job['state']} after {timeout} s"
+        time.sleep(0.1)
+        job = page.request.get(f"{base}/api/jobs/{job['id']}").json()
+    return job

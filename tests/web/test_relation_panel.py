@@ -340,9 +340,7 @@ def test_relations_tab_in_a_browser(sync_api, server, lm, page_dir, tmp_path, mo
         page.fill("#rel-layer", "1")
         page.fill("#rel-n", "2")
         page.fill("#rel-save", "browser.safetensors")
-        with page.expect_response("**/api/relations/fit", timeout=120_000) as resp:
-            page.click("#rel-fit-form button[type=submit]")
-        fit = resp.value.json()
+        fit = live.run_job(page, "relations/fit", lambda: page.click("#rel-fit-form button[type=submit]"))["result"]
         page.wait_for_selector("#rel-fit-summary")
         assert fit["saved"] == "browser.safetensors" and (page_dir / "browser.safetensors").is_file()
         page.wait_for_function(f"document.getElementById('rel-source').value === 'fitted:{fit['id']}'")

@@ -276,9 +276,7 @@ def test_saes_tab_in_a_browser(sync_api, server, lm, lab, steered, tmp_path, mon
         page.fill("#sae-steer-feature", "3")
         page.fill("#sae-n", "3")
         page.fill("#sae-prompts", "hello there")
-        with page.expect_response("**/api/sae", timeout=120_000) as resp:
-            page.click("#sae-steer-form button[type=submit]")
-        s = resp.value.json()
+        s = live.run_job(page, "sae", lambda: page.click("#sae-steer-form button[type=submit]"))["result"]
         page.wait_for_selector("#sae-arms tbody tr")
         assert [r.split("\t")[0] for r in page.locator("#sae-arms tbody tr").all_inner_texts()] == \
                ["baseline", "feature", "random feature"]

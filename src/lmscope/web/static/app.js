@@ -187,6 +187,15 @@ function tools(data, name, node) {
       onclick: async () => download(await nodePNG(node()), fileName(name) + ".png") }, "\u2913 PNG"));
 }
 
+// The download buttons in an existing card's title row (its first <h3>); returns the card.
+function withTools(card, data, name) {
+  const h = [...card.children].find((c) => c.tagName === "H3");
+  const head = el("div", { class: "card-head" });
+  if (h) { h.replaceWith(head); head.append(h); } else card.prepend(head);
+  head.append(tools(data, name, () => card));
+  return card;
+}
+
 // A result card: a title row with the download buttons, then the content.
 function resultCard(title, data, name, ...content) {
   const card = el("div", { class: "card result" });
@@ -318,8 +327,8 @@ $("run-form").addEventListener("submit", (ev) => {
       el("tr", {}, el("td", { class: "num" }, i + 1), el("td", {}, tok(r.token)),
         el("td", { style: "width:40%" }, bar(r.prob)), el("td", { class: "num" }, pct(r.prob)),
         el("td", { class: "num" }, r.logit.toFixed(2)), el("td", { class: "num dim" }, r.id)));
-    $("run-out").replaceChildren(el("div", { class: "card" },
-      el("h3", {}, `Input: ${d.n_tokens} tokens`), el("div", { class: "tokens" }, d.tokens.map(tok)),
+    $("run-out").replaceChildren(resultCard(`Input: ${d.n_tokens} tokens`, d, "next-token",
+      el("div", { class: "tokens" }, d.tokens.map(tok)),
       el("table", {}, el("thead", {}, el("tr", {}, ["#", "next token", "", "prob", "logit", "id"].map((h) => el("th", {}, h)))),
         el("tbody", {}, rows))));
   });
@@ -389,9 +398,10 @@ $("gen-form").addEventListener("submit", (ev) => {
       el("div", { class: "text" }, el("span", { class: "prompt" }, d.chat ? "" : d.prompt), parts));
     $("gen-out").replaceChildren(
       ...(d.warnings || []).map((w) => el("div", { class: "warning" }, w)),
-      el("p", { class: "hint" }, `Edits: ${desc}. ` + (d.edits.length ? (v.same ? "The text did not change." :
-        "Highlighted: where the texts part.") : "")),
-      el("div", { class: "side" }, col("Baseline", v.base), col("Edited", v.edited)));
+      resultCard("Generation", d, "generate",
+        el("p", { class: "hint" }, `Edits: ${desc}. ` + (d.edits.length ? (v.same ? "The text did not change." :
+          "Highlighted: where the texts part.") : "")),
+        el("div", { class: "side" }, col("Baseline", v.base), col("Edited", v.edited))));
   });
 });
 
@@ -443,7 +453,7 @@ function lensTable(d) {
       const tip = c.top.map(([tt, pp]) => `${JSON.stringify(tt)}  ${pct(pp)}`).join("\n") + `\nKL to output ${c.kl.toFixed(3)} nats`;
       return el("td", { style: `background:${heat(p)};color:${p > 0.45 ? "#fff" : "#1d2330"}`, title: tip }, visible(t));
     })));
-  return el("table", { class: "lens" }, el("thead", {}, head), el("tbody", {}, rows));
+  return el("table", { class: "lens stick-first stick-last" }, el("thead", {}, head), el("tbody", {}, rows));
 }
 
 $("lens-form").addEventListener("submit", (ev) => {
@@ -453,11 +463,11 @@ $("lens-form").addEventListener("submit", (ev) => {
     const d = await api("POST", "/api/logit_lens", {
       prompt: $("lens-prompt").value, targets, top_k: +$("lens-k").value, chat: $("lens-chat").checked,
     });
-    const out = [el("div", { class: "card" },
+    const out = [withTools(el("div", { class: "card" },
       el("h3", {}, `Top token at every layer \u00d7 position (${d.lens} lens)`),
       el("div", { class: "legend" }, "probability 0", el("span", { class: "ramp" }), "1",
         el("span", {}, "\u00b7 top row is the model's output; hover a cell for its top tokens")),
-      el("div", { class: "lens-wrap" }, lensTable(d)))];
+      el("div", { class: "scroll" }, lensTable(d))), d, "logit-lens")];
     if (d.targets.length) {
       const rows = d.targets.map((tg, j) => el("tr", {},
         el("td", {}, el("span", { style: `color:${COLORS[j % COLORS.length]}` }, "\u25a0 "), tok(tg.token)),

@@ -191,7 +191,7 @@ function circuitView(d) {
   const doc = task.meta && task.meta.metric_doc;
   const examples = (task.examples || []).map((ex) => el("tr", {}, el("td", { class: "text" }, ex.clean), el("td", { class: "text" }, ex.corrupt)));
   out.push(el("div", { class: "two" },
-    el("div", { class: "card" }, el("h3", {}, `${c.task} circuit \u00b7 ${c.method} \u00b7 ${c.ablation} ablation`),
+    el("div", { class: "card", id: "circ-summary" }, el("h3", {}, `${c.task} circuit \u00b7 ${c.method} \u00b7 ${c.ablation} ablation`),
       el("table", { class: "stats" }, el("tbody", {}, rows.map(([k, v]) => el("tr", {}, el("th", {}, k), v)))),
       el("p", { class: "hint" }, "faithfulness = (circuit metric \u2212 ablated) / (clean \u2212 ablated): 1 = the circuit " +
         "alone recovers the clean metric, 0 = no better than every edge ablated.", doc ? " " + doc : ""),
@@ -239,14 +239,15 @@ function circuitView(d) {
 
 $("circ-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  busy(ev.target, "circ-status", "circ-out", async () => {
+  busy(ev.target, "circ-status", "circ-out", async (status) => {
     const num = (s) => (s.trim() !== "" && Number.isFinite(Number(s)) ? Number(s) : s);  // a bad number: the server names it
-    const d = await api("POST", "/api/circuit", {
+    const d = await runJob("circuit", {
       task: $("circ-task").value, n: num($("circ-n").value), method: $("circ-method").value,
       ablation: $("circ-ablation").value, target: num($("circ-target").value), seed: num($("circ-seed").value),
-    });
+    }, status);
     const v = circuitView(d);
     $("circ-out").replaceChildren(...v.nodes);
+    $("circ-out").querySelectorAll(".card").forEach((c) => withTools(c, d, `circuit-${d.prune.circuit.task}`));
     v.update();
   });
 });

@@ -59,20 +59,21 @@
 
   $("rel-fit-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    busy(ev.target, "rel-fit-status", "rel-fit-out", async () => {
+    busy(ev.target, "rel-fit-status", "rel-fit-out", async (status) => {
       const body = { relation: $("rel-relation").value, layer: n($("rel-layer").value), n_train: n($("rel-n").value),
         beta: n($("rel-beta").value) };
       const save = $("rel-save").value.trim();
       if (save) Object.assign(body, { save, overwrite: $("rel-overwrite").checked });
-      const d = await api("POST", "/api/relations/fit", body);
+      const d = await runJob("relations/fit", body, status);
       await loadLres(`fitted:${d.id}`);
       if (d.held_out.length) $("rel-subjects").value = d.held_out.slice(0, 6).map(([s]) => s).join("\n");
-      $("rel-fit-out").replaceChildren(el("div", { class: "card", id: "rel-fit-summary" },
+      $("rel-fit-out").replaceChildren(withTools(el("div", { class: "card", id: "rel-fit-summary" },
         el("h3", {}, `${d.id}: ${d.relation} at layer ${d.lre.layer}, \u03b2 ${d.lre.beta}`),
         el("p", { class: "hint" }, `${d.n_known} of the first ${d.n_examined} facts answered by the model; fitted on ` +
           `the first ${d.train.length} of them in ${d.seconds.toFixed(1)} s` + (d.saved ? `, saved as ${d.saved}` : "") +
           ". The held-out ones it knows are in the subjects box below."),
-        el("div", { class: "tokens" }, d.train.map(([s, o]) => el("span", { class: "tok" }, `${s} \u2192 ${o}`)))));
+        el("div", { class: "tokens" }, d.train.map(([s, o]) => el("span", { class: "tok" }, `${s} \u2192 ${o}`)))),
+        d, `lre-${d.relation}`));
     });
   });
 
@@ -162,10 +163,12 @@
       const d = await api("POST", "/api/relations/lens", { ...source(), prompt: $("rel-prompt").value,
         target: $("rel-target").value });
       LAST = d;
-      $("rel-lens-out").replaceChildren(lensView(d));
+      $("rel-lens-out").replaceChildren(withTools(lensView(d), d, "attribute-lens"));
     });
   });
-  $("rel-colour").addEventListener("change", () => { if (LAST) $("rel-lens-out").replaceChildren(lensView(LAST)); });
+  $("rel-colour").addEventListener("change", () => {
+    if (LAST) $("rel-lens-out").replaceChildren(withTools(lensView(LAST), LAST, "attribute-lens"));
+  });
 
   // ---- the LRE's objects vs the model's -------------------------------------------------------------------
   function tops(list, correct) {
@@ -195,12 +198,13 @@
     busy(ev.target, "rel-pred-status", "rel-pred-out", async () => {
       const subjects = $("rel-subjects").value.split("\n").map((s) => s.trim()).filter((s) => s !== "");
       const d = await api("POST", "/api/relations/predict", { ...source(), subjects, k: n($("rel-k").value) });
-      $("rel-pred-out").replaceChildren(predView(d));
+      $("rel-pred-out").replaceChildren(withTools(predView(d), d, `lre-vs-model-${d.relation}`));
     });
   });
 
   // ---- start: the lists, and the layer box's range from the model --------------------------------------------
-  (async () => {
+  // (a shared URL's fields are filled in once this is done: STATE.ready)
+  STATE.ready.relations = (async () => {
     try {
       const info = await api("GET", "/api/info");
       const layer = $("rel-layer");

@@ -74,7 +74,7 @@ $("sae-form").addEventListener("submit", (ev) => {
     const d = await api("POST", "/api/sae", saeBody({ action: "card" }));
     SAE = { path: $("sae-path").value.trim(), site: $("sae-site").value.trim() };
     for (const id of ["sae-feature", "sae-steer-feature"]) { $(id).max = d.d_sae - 1; $(id).min = -d.d_sae; }
-    $("sae-card").replaceChildren(cardView(d));
+    $("sae-card").replaceChildren(withTools(cardView(d), d, "sae-card"));
     $("sae-page").replaceChildren();
     $("sae-search-out").replaceChildren();
     $("sae-steer-out").replaceChildren();
@@ -159,7 +159,7 @@ function pageView(d) {
 async function showFeature(i) {
   $("sae-feature").value = i;
   const d = await api("POST", "/api/sae", saeBody({ action: "feature", feature: i }));
-  $("sae-page").replaceChildren(pageView(d));
+  $("sae-page").replaceChildren(withTools(pageView(d), d, `sae-feature-${d.feature}`));
   $("sae-page").scrollIntoView({ block: "nearest" });
 }
 
@@ -184,10 +184,10 @@ $("sae-search-form").addEventListener("submit", (ev) => {
       el("td", {}, h.matched.map((m) => [tok(m.token), ` ${m.source} #${m.rank + 1} `])),
       el("td", { class: "num" }, share(h.frequency)),
       el("td", {}, h.top_act.map((t) => [tok(t), " "])), el("td", {}, h.top_logit.map((t) => [tok(t), " "]))));
-    $("sae-search-out").replaceChildren(el("div", { class: "card" },
+    $("sae-search-out").replaceChildren(withTools(el("div", { class: "card" },
       el("h3", {}, `${d.hits.length} features for ${JSON.stringify(d.query)}`, " ", el("span", { class: "dim" }, "(click one for its page)")),
       el("table", { id: "sae-hits" }, el("thead", {}, el("tr", {}, ["feature", "score", "matched", "frequency",
-        "top activating tokens", "top logit tokens"].map((x) => el("th", {}, x)))), el("tbody", {}, rows))));
+        "top activating tokens", "top logit tokens"].map((x) => el("th", {}, x)))), el("tbody", {}, rows))), d, "sae-search"));
   });
 });
 
@@ -212,13 +212,14 @@ function steerView(d) {
 
 $("sae-steer-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  busy(ev.target, "sae-steer-status", "sae-steer-out", async () => {
+  busy(ev.target, "sae-steer-status", "sae-steer-out", async (status) => {
     const n = (s) => (s.trim() !== "" && Number.isFinite(Number(s)) ? Number(s) : s);  // a bad number: the server names it
     const prompts = $("sae-prompts").value.split("\n").filter((p) => p.trim() !== "");
-    const d = await api("POST", "/api/sae", saeBody({ action: "steer", feature: n($("sae-steer-feature").value),
+    const d = await runJob("sae", saeBody({ action: "steer", feature: n($("sae-steer-feature").value),
       mode: $("sae-mode").value, value: n($("sae-value").value), max_new_tokens: n($("sae-n").value),
-      generate: $("sae-generate").checked, prompts }));
-    $("sae-steer-out").replaceChildren(...steerView(d).filter((x) => x));
+      generate: $("sae-generate").checked, prompts }), status);
+    const [first, ...rest] = steerView(d).filter((x) => x);
+    $("sae-steer-out").replaceChildren(withTools(first, d, `sae-steer-${d.feature}`), ...rest);
   });
 });
 
