@@ -11,6 +11,7 @@ either, every test is skipped with that reason; with both, a failure to start is
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,9 @@ import live
 import pytest
 from conftest import make_tiny
 
+from lmscope.engine.progress import steps
 from lmscope.web import create_app
+from lmscope.web.bodies import _Body
 
 sync_api = live.playwright(module_level=True)
 
@@ -37,8 +40,20 @@ def server(lm, tmp_path_factory):
 
     atlas = tmp_path_factory.mktemp("atlas") / "tiny.sqlite"
     build_atlas(lm, AtlasConfig(k=5), path=atlas).close()
-    with live.serve(create_app("tiny", model=lm, atlas_path=atlas)) as url:
+    app = create_app("tiny", model=lm, atlas_path=atlas)
+    app.state.studio.post("test/slow", SlowBody, slow)  # a long job for the progress and Cancel scenario
+    with live.serve(app) as url:
         yield url
+
+
+class SlowBody(_Body):
+    n: int = 100
+
+
+def slow(req: SlowBody) -> dict:
+    for _ in steps(range(req.n), desc="slow", unit="step"):
+        time.sleep(0.02)
+    return {"n": req.n}
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +264,138 @@ def test_errors_and_warnings_are_shown(page, api, shots):
     d = call(api, "POST", "/api/generate", {"prompt": PROMPT, "max_new_tokens": 3, "chat": False,
                                             "edits": [{"type": "clamp", "site": "layers.1.resid_post", "value": 1e30}]})
     assert page.locator("#gen-out .warning").all_text_contents() == d["warnings"] and d["warnings"]
+
+
+# ---- what every panel shares: shareable URLs, downloads, jobs, keyboard, 1280 px -------------------
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_shared_url_reproduces_the_view(page, browser, server, api, shots):
+    page.fill("#run-prompt", "shared view")
+    page.fill("#run-k", "3")
+    page.click("#run-form button[type=submit]")
+    page.wait_for_selector("#run-out tbody tr")
+    url = page.url
+    assert "#run?" in url and "go=run-form" in url and "run-k=3" in url
+    tab(page, "generate")  # with an edit row: it travels in the URL too
+    page.fill("#gen-prompt", PROMPT)
+    page.fill("#gen-n", "5")
+    page.click("#add-edit")
+    row = page.locator("#edit-rows tr").nth(0)
+    row.locator("select").select_option("clamp")
+    row.locator("input").nth(0).fill("layers.1.mlp.neurons[3]")
+    row.locator("input").nth(1).fill("6")
+    page.click("#gen-form button[type=submit]")
+    page.wait_for_selector("#gen-out .side")
+    gen_url = page.url
+    assert "#generate?" in gen_url
+    tab(page, "run")
+    assert page.url == url  # each tab keeps its own view's URL
+
+    for u, wait in ((url, "#run-out tbody tr"), (gen_url, "#gen-out .side")):
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        fresh = ctx.new_page()
+        fresh.goto(u)
+        fresh.wait_for_selector(wait)
+        if wait.startswith("#run"):
+            d = call(api, "POST", "/api/run", {"prompt": "shared view", "top_k": 3, "chat": False})
+            assert fresh.input_value("#run-prompt") == "shared view"
+            assert titles(fresh, "#run-out tbody td:nth-child(2) .tok") == [r["token"] for r in d["top"]]
+        else:
+            d = call(api, "POST", "/api/generate", {"prompt": PROMPT, "max_new_tokens": 5, "chat": False, "edits": [
+                {"type": "clamp", "site": "layers.1.mlp.neurons[3]", "value": 6}]})
+            assert fresh.locator("#edit-rows tr").count() == 1
+            assert fresh.locator("#gen-out .side .text").all_text_contents() == [PROMPT + d["baseline"],
+                                                                                PROMPT + d["edited"]]
+            shot(fresh, shots, "shared-url")
+        ctx.close()
+
+
+def test_results_download_as_the_api_json_and_a_png(page, api, shots):
+    page.fill("#run-prompt", PROMPT)
+    page.fill("#run-k", "4")
+    page.click("#run-form button[type=submit]")
+    page.wait_for_selector("#run-out tbody tr")
+    with page.expect_download() as dl:
+        page.click("#run-out .tools button:has-text('JSON')")
+    assert dl.value.suggested_filename == "next-token.json"
+    assert json.loads(Path(dl.value.path()).read_text()) == call(api, "POST", "/api/run",
+                                                                {"prompt": PROMPT, "top_k": 4, "chat": False})
+    with page.expect_download() as dl:
+        page.click("#run-out .tools button:has-text('PNG')")
+    png = Path(dl.value.path()).read_bytes()
+    assert dl.value.suggested_filename == "next-token.png" and png.startswith(PNG)
+    width = int.from_bytes(png[16:20], "big")
+    card = page.locator("#run-out .card").bounding_box()["width"]
+    assert abs(width - 2 * card) <= 4  # drawn at 2x the card's width
+    (Path(shots) / "download.png").write_bytes(png)
+    # the lens: a wide table in a scroll box; its PNG holds the whole table, not the visible part
+    tab(page, "lens")
+    page.fill("#lens-prompt", " ".join(["word"] * 40))
+    page.click("#lens-form button[type=submit]")
+    page.wait_for_selector("#lens-out table.lens td")
+    with page.expect_download() as dl:
+        page.click("#lens-out .tools button:has-text('PNG')")
+    png = Path(dl.value.path()).read_bytes()
+    table = page.evaluate("document.querySelector('#lens-out table.lens').scrollWidth")
+    assert png.startswith(PNG) and int.from_bytes(png[16:20], "big") >= 2 * table
+
+
+def test_a_job_shows_progress_and_can_be_cancelled(page, api, shots):
+    page.evaluate("""() => { window.slowJob = busy(document.getElementById('run-form'), 'run-status', 'run-out',
+        (st) => runJob('test/slow', {n: 3000}, st)); }""")
+    page.wait_for_selector("#run-status progress")
+    page.wait_for_function("document.querySelector('#run-status progress').value > 0")
+    text = page.text_content("#run-status")
+    assert "slow" in text and "/3000" in text
+    shot(page, shots, "job-progress")
+    assert page.locator("#run-form button[type=submit]").is_disabled()
+    page.focus("#run-status button.cancel")  # by keyboard
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.getElementById('run-status').textContent === 'cancelled'")
+    assert not page.locator("#run-form button[type=submit]").is_disabled()
+    jobs = call(api, "GET", "/api/jobs")["jobs"]
+    assert [j["state"] for j in jobs if j["endpoint"] == "test/slow"][-1] == "cancelled"
+
+
+def test_keyboard_reaches_every_tab_and_runs_a_form(page):
+    names = page.locator("nav [role=tab]").evaluate_all("els => els.map(e => e.dataset.tab)")
+    assert len(names) >= 10
+    page.focus("nav [role=tab][data-tab=run]")
+    for name in names[1:]:
+        page.keyboard.press("ArrowRight")
+        assert page.evaluate("document.activeElement.dataset.tab") == name
+        assert "active" in page.get_attribute(f"#tab-{name}", "class")
+        assert page.get_attribute(f"nav [data-tab={name}]", "aria-selected") == "true"
+    page.keyboard.press("Home")
+    assert page.evaluate("document.activeElement.dataset.tab") == "run"
+    page.keyboard.press("Tab")  # into the panel: the prompt box first
+    assert page.evaluate("document.activeElement.id") == "run-prompt"
+    page.keyboard.type(" again")
+    page.focus("#run-form button[type=submit]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#run-out tbody tr")
+
+
+def test_every_tab_fits_1280_pixels(page):
+    page.fill("#run-prompt", " ".join(["word"] * 60))  # long inputs: wide token rows and tables
+    page.click("#run-form button[type=submit]")
+    page.wait_for_selector("#run-out tbody tr")
+    tab(page, "lens")
+    page.fill("#lens-prompt", " ".join(["word"] * 60))
+    page.click("#lens-form button[type=submit]")
+    page.wait_for_selector("#lens-out table.lens td")
+    names = page.locator("nav [role=tab]").evaluate_all("els => els.map(e => e.dataset.tab)")
+    for name in names:
+        tab(page, name)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280, name
+    # the lens table scrolls inside its box with its header row and first and last columns in view
+    box = page.locator("#lens-out .scroll")
+    box.evaluate("b => { b.scrollLeft = b.scrollWidth; b.scrollTop = b.scrollHeight; }")
+    first = page.locator("#lens-out table.lens tbody th").first.bounding_box()
+    head = page.locator("#lens-out table.lens thead th").nth(3).bounding_box()
+    wrap = box.bounding_box()
+    assert first["x"] >= wrap["x"] - 1 and head["y"] >= wrap["y"] - 1
+    last = page.locator("#lens-out table.lens tbody tr").first.locator("td").last.bounding_box()
+    assert last["x"] + last["width"] <= wrap["x"] + wrap["width"] + 1
