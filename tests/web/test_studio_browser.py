@@ -357,6 +357,17 @@ def test_a_job_shows_progress_and_can_be_cancelled(page, api, shots):
     assert not page.locator("#run-form button[type=submit]").is_disabled()
     jobs = call(api, "GET", "/api/jobs")["jobs"]
     assert [j["state"] for j in jobs if j["endpoint"] == "test/slow"][-1] == "cancelled"
+    # leaving the page cancels the jobs it still waits for
+    page.evaluate("() => { window.left = runJob('test/slow', {n: 3000}, null).catch(() => {}); }")
+    page.wait_for_function("OPEN_JOBS.size === 1")
+    job_id = page.evaluate("[...OPEN_JOBS][0]")
+    page.reload()
+    page.wait_for_selector("#model-info b")
+    for _ in range(100):
+        if call(api, "GET", f"/api/jobs/{job_id}")["state"] == "cancelled":
+            break
+        time.sleep(0.1)
+    assert call(api, "GET", f"/api/jobs/{job_id}")["state"] == "cancelled"
 
 
 def test_keyboard_reaches_every_tab_and_runs_a_form(page):
@@ -379,11 +390,11 @@ def test_keyboard_reaches_every_tab_and_runs_a_form(page):
 
 
 def test_every_tab_fits_1280_pixels(page):
-    page.fill("#run-prompt", " ".join(["word"] * 60))  # long inputs: wide token rows and tables
+    page.fill("#run-prompt", " ".join(["word"] * 45))  # long inputs (tiny-llama: 256 tokens at most): wide rows
     page.click("#run-form button[type=submit]")
     page.wait_for_selector("#run-out tbody tr")
     tab(page, "lens")
-    page.fill("#lens-prompt", " ".join(["word"] * 60))
+    page.fill("#lens-prompt", " ".join(["word"] * 45))
     page.click("#lens-form button[type=submit]")
     page.wait_for_selector("#lens-out table.lens td")
     names = page.locator("nav [role=tab]").evaluate_all("els => els.map(e => e.dataset.tab)")
@@ -391,6 +402,7 @@ def test_every_tab_fits_1280_pixels(page):
         tab(page, name)
         assert page.evaluate("document.documentElement.scrollWidth") <= 1280, name
     # the lens table scrolls inside its box with its header row and first and last columns in view
+    tab(page, "lens")
     box = page.locator("#lens-out .scroll")
     box.evaluate("b => { b.scrollLeft = b.scrollWidth; b.scrollTop = b.scrollHeight; }")
     first = page.locator("#lens-out table.lens tbody th").first.bounding_box()

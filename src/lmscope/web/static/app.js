@@ -103,6 +103,12 @@ async function busy(form, statusId, outId, fn) {
 // POST /api/jobs/<path> starts the same work as POST /api/<path> and answers at once with a job
 // id; the page polls GET /api/jobs/<id> for its progress bars and result, and DELETE cancels it.
 class JobCancelled extends Error {}
+// Jobs this page started and still waits for: closing or leaving the page cancels them, so a
+// sweep nobody will read does not hold the model.
+const OPEN_JOBS = new Set();
+window.addEventListener("pagehide", () => {
+  for (const id of OPEN_JOBS) fetch(`/api/jobs/${id}`, { method: "DELETE", keepalive: true }).catch(() => {});
+});
 
 function progressView(j) {
   if (j.state === "waiting") return [el("span", {}, `waiting for the model (${j.waited.toFixed(0)} s)`)];
@@ -126,13 +132,18 @@ async function runJob(path, body, status) {
     status.replaceChildren(prog, " ", cancel);
   }
   let j = j0;
-  for (let wait = 150; ; wait = Math.min(1000, wait * 1.5)) {
-    if (j.state === "done") return j.result;
-    if (j.state === "error") throw new Error(j.error);
-    if (j.state === "cancelled") throw new JobCancelled("cancelled");
-    prog.replaceChildren(...progressView(j));
-    await new Promise((r) => setTimeout(r, cancelled ? 100 : wait));
-    j = await api("GET", `/api/jobs/${j0.id}`);
+  OPEN_JOBS.add(j0.id);
+  try {
+    for (let wait = 150; ; wait = Math.min(1000, wait * 1.5)) {
+      if (j.state === "done") return j.result;
+      if (j.state === "error") throw new Error(j.error);
+      if (j.state === "cancelled") throw new JobCancelled("cancelled");
+      prog.replaceChildren(...progressView(j));
+      await new Promise((r) => setTimeout(r, cancelled ? 100 : wait));
+      j = await api("GET", `/api/jobs/${j0.id}`);
+    }
+  } finally {
+    OPEN_JOBS.delete(j0.id);
   }
 }
 
