@@ -34,6 +34,7 @@ from lmscope.datasets import shipped
 from lmscope.engine.errors import InputError
 from lmscope.engine.interventions import Patch
 from lmscope.engine.model import Batch, Model
+from lmscope.engine.progress import steps
 from lmscope.engine.results import Result, Table
 
 log = logging.getLogger(__name__)
@@ -315,8 +316,6 @@ def identity_sweep(model: Model, texts: Sequence[str], *, layers: Sequence[int] 
     (logit lens) and one target run of only the last token for 2n rows (`last_token_logits`:
     the identity target is patched at its last token).
     """
-    from tqdm.auto import tqdm
-
     from lmscope.engine.readout import unembed
 
     batch = _pick_positions(model, texts, max_tokens, seed)
@@ -336,7 +335,7 @@ def identity_sweep(model: Model, texts: Sequence[str], *, layers: Sequence[int] 
     perm = torch.roll(torch.arange(n), 1)  # derangement: row i gets row i-1's state
     ps, ll, sh, ps_s, ll_s = [], [], [], [], []
     ar = torch.arange(n)
-    for j, lay in enumerate(tqdm(layers, disable=not progress, desc="layers")):
+    for j, lay in enumerate(steps(layers, desc="layers", show=progress, unit="layer")):
         h = states[:, j]
         with torch.inference_mode():
             lens = torch.cat([unembed(model, h[i:i + batch_size]).float() for i in range(0, n, batch_size)])
@@ -397,8 +396,6 @@ def entity_sweep(model: Model, entities: Sequence[dict] | None = None, *, layers
     """Entity-description Patchscope per layer: patch the entity's last token (source = the
     entity name alone) into "x" of the description prompt at the same layer, generate greedily,
     and score the first item of the generation with `patchscope_entities.jsonl` keywords."""
-    from tqdm.auto import tqdm
-
     entities = list(entities if entities is not None else read_jsonl("patchscope_entities.jsonl"))
     bad = [e for e in entities if not isinstance(e, dict) or not e.get("entity") or not e.get("keywords")]
     if bad or not entities:
@@ -414,7 +411,7 @@ def entity_sweep(model: Model, entities: Sequence[dict] | None = None, *, layers
     plain = _first_item(model.generate(tgt.prompt, max_new_tokens=max_new_tokens).texts[0])
     perm = torch.roll(torch.arange(n), 1)
     rates, shuf, examples = [], [], {}
-    for j, lay in enumerate(tqdm(layers, disable=not progress, desc="layers")):
+    for j, lay in enumerate(steps(layers, desc="layers", show=progress, unit="layer")):
         texts = {}
         for name, src in (("patched", states[:, j]), ("shuffled", states[perm, j])):
             out = []

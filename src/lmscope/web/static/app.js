@@ -210,7 +210,8 @@ function withTools(card, data, name) {
 // A result card: a title row with the download buttons, then the content.
 function resultCard(title, data, name, ...content) {
   const card = el("div", { class: "card result" });
-  card.append(el("div", { class: "card-head" }, el("h3", {}, title), tools(data, name, () => card)), ...content);
+  card.append(el("div", { class: "card-head" }, el("h3", {}, title), tools(data, name, () => card)),
+    ...content.flat(Infinity).filter((c) => c !== null && c !== undefined));
   return card;
 }
 
