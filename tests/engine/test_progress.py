@@ -10,7 +10,15 @@ import torch
 from conftest import make_tiny
 
 from lmscope.engine.hooks import hook_count
-from lmscope.engine.progress import Cancelled, Tracker, bar, checkpoint, current, steps, tracking
+from lmscope.engine.progress import (
+    Cancelled,
+    Tracker,
+    bar,
+    checkpoint,
+    current,
+    steps,
+    tracking,
+)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,13 @@ from conftest import make_tiny
 from fastapi.testclient import TestClient
 
 import lmscope
-from lmscope.datasets.contrast import BUILTIN, from_completions, from_pairs, from_sets, load_contrast
+from lmscope.datasets.contrast import (
+    BUILTIN,
+    from_completions,
+    from_pairs,
+    from_sets,
+    load_contrast,
+)
 from lmscope.engine.artifacts import save_artifact
 from lmscope.engine.sites import RESID_KINDS
 from lmscope.vectors import steering
@@ -44,7 +50,12 @@ from lmscope.vectors.steering import (
     steer_edits,
     with_resid_norms,
 )
-from lmscope.vectors.vector import ExtractConfig, Vector, best_separating_layer, make_vector
+from lmscope.vectors.vector import (
+    ExtractConfig,
+    Vector,
+    best_separating_layer,
+    make_vector,
+)
 from lmscope.web import create_app
 from lmscope.web import vectors as panel
 from lmscope.web.studio import json_safe
@@ -509,7 +520,7 @@ def js_num(x) -> str:
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
         return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{x:.2e}")
     s = repr(float(f"{x:.3g}"))
-    return s[:-2] if s.endswith(".0") else s
+    return s.removesuffix(".0")
 
 
 def js_text(metric: str, v) -> str:
@@ -590,7 +601,7 @@ def test_steering_tab_in_a_browser(sync_api, server, lm, page_dir, monkeypatch):
         with page.expect_response("**/api/jobs/vectors/sweep"):
             page.click("#vec-sweep-form button[type=submit]")
         page.wait_for_selector("#vec-heat td", timeout=120_000)
-        d = page.evaluate(f"async () => (await (await fetch('/api/jobs')).json()).jobs.at(-1).id")
+        d = page.evaluate("async () => (await (await fetch('/api/jobs')).json()).jobs.at(-1).id")
         d = page.evaluate(f"async () => (await (await fetch('/api/jobs/{d}')).json()).result")
         assert d["recommended"] is not None and any(not r["admissible"] for r in d["rows"])
         for metric in ("effect", "score", "kl", "repetition", "admissible"):

@@ -389,7 +389,12 @@ def _layer(model, layer: int) -> int:
 def build(studio, req: VectorBuildRequest) -> tuple[Entry, float]:
     """`make_vector` on the request's data (as `lmscope vector make`: chat on by default for refusal and
     sycophancy data when the model has a chat template); the entry and the seconds it took."""
-    from lmscope.datasets.contrast import from_completions, from_pairs, from_sets, load_contrast
+    from lmscope.datasets.contrast import (
+        from_completions,
+        from_pairs,
+        from_sets,
+        load_contrast,
+    )
     from lmscope.vectors.steering import CHAT_TASKS, default_task
     from lmscope.vectors.vector import ExtractConfig, make_vector
 
@@ -537,7 +542,12 @@ def sweep(model, entry: Entry, ref: dict, req: VectorSweepRequest) -> dict:
 def generate(studio, entry: Entry, ref: dict, req: VectorGenerateRequest) -> dict:
     """Greedy text with the vector at (layer, coef), without it, and with a seeded random direction
     of the same norm (`random_vector`) applied the same way."""
-    from lmscope.vectors.steering import random_vector, raw_scale, steer_edits, with_resid_norms
+    from lmscope.vectors.steering import (
+        random_vector,
+        raw_scale,
+        steer_edits,
+        with_resid_norms,
+    )
 
     model, vec = studio.model, entry.vector
     layer = _layer(model, req.layer)
