@@ -254,6 +254,11 @@ def test_saes_tab_in_a_browser(sync_api, server, lm, lab, steered, tmp_path, mon
             page.locator("#sae-hits tbody tr").first.click()
         d = resp.value.json()
         page.wait_for_selector("#sae-contexts")
+        # the histogram's bars are as tall as their counts (the page's `.bar` rule once flattened them)
+        heights = page.locator("#sae-hist rect").evaluate_all("rs => rs.map(r => r.getBoundingClientRect().height)")
+        counts = d["histogram"]["counts"]
+        assert len(heights) == len(counts) > 0
+        assert heights == pytest.approx([110 * c / max(counts) for c in counts], abs=0.6)
         assert page.text_content("#sae-page-title") == f"Feature {hits[0]['feature']}" == f"Feature {d['feature']}"
         # every context token is a chip, in order, with its activation and a shade of act / max
         chips = page.locator("#sae-contexts span.act")

@@ -102,7 +102,7 @@ function histChart(h) {
   }
   const top = Math.max(...h.counts), n = h.counts.length;
   h.counts.forEach((c, j) => {
-    const r = svg("rect", { class: "bar", x: (j * W) / n, y: H - (H * c) / top, width: Math.max(W / n - 1, 1),
+    const r = svg("rect", { class: "hist-bar", x: (j * W) / n, y: H - (H * c) / top, width: Math.max(W / n - 1, 1),
       height: (H * c) / top, fill: `rgb(${ACT.join(",")})` });
     const tip = svg("title", {}); tip.textContent = `${num(h.edges[j], 3)} to ${num(h.edges[j + 1], 3)}: ${c} tokens`;
     r.append(tip); s.append(r);
