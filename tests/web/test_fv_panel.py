@@ -206,17 +206,18 @@ def test_try_replaces_the_state_for_a_replace_vector(client, lm):
     assert got["mode"] == "replace" and got["edited"]["top"] == roundtrip(lm.run("big ->", edits=[edit]).top_k(lm, 5))
 
 
-def test_the_session_keeps_the_last_vectors(client, made, monkeypatch):
+def test_the_session_keeps_the_last_vectors(lm, folder, monkeypatch):
     monkeypatch.setattr(web_fv, "KEEP", 2)
-    first = post(client, "run", BODY)["id"]
-    second = post(client, "run", BODY)["id"]
-    third = post(client, "run", BODY)["id"]
-    listed = client.get("/api/fv/vectors").json()["vectors"]
-    assert [v["id"] for v in listed] == [third, second]
-    assert listed[0]["task"] == "antonym" and listed[0]["best_layer"] in (0, 1, 2)
-    d = post(client, "try", {"id": first, "prompt": "x"}, 400)
-    assert d["error"].startswith(f"No vector '{first}' in this studio session (it keeps the last 2")
-    assert post(client, "show", {"id": made[0]["id"]}, 400)["error"].startswith("No vector")
+    with TestClient(create_app("tiny", model=lm, vector_dirs=[folder])) as client:
+        first = post(client, "run", BODY)["id"]
+        second = post(client, "run", BODY)["id"]
+        third = post(client, "run", BODY)["id"]
+        listed = client.get("/api/fv/vectors").json()["vectors"]
+        assert [v["id"] for v in listed] == [third, second]
+        assert listed[0]["task"] == "antonym" and listed[0]["best_layer"] in (0, 1, 2)
+        d = post(client, "try", {"id": first, "prompt": "x"}, 400)
+        assert d["error"].startswith(f"No vector '{first}' in this studio session (it keeps the last 2")
+        assert post(client, "show", {"id": first}, 400)["error"].startswith("No vector")
 
 
 def test_save_writes_a_vector_the_generate_tab_and_the_cli_read(client, lm, folder):

@@ -16,12 +16,11 @@ from pathlib import Path
 from lmscope.engine.errors import ArtifactError, InputError
 
 from .bodies import EditSpec
-from .guard import Folders, short
+from .guard import MAX_SIDECAR_BYTES, Folders, short
 
 #: A vector artifact holds at most n_layers x d_model float32 values; anything far larger is
 #: not one, and reading it whole would hold the model's queue.
 MAX_VECTOR_FILE_BYTES = 256 * 2**20
-MAX_SIDECAR_BYTES = 2**20
 
 
 class VectorFolders(Folders):
@@ -38,7 +37,19 @@ class VectorFolders(Folders):
                 f"start at {self.folders[0]}. `lmscope studio --vectors-dir DIR` adds a folder.")
 
 
-def _check_sizes(path: Path) -> None:
+class VectorTargets(VectorFolders):
+    """Where a vector may be saved: a `.safetensors` name in an existing folder inside the vector folders."""
+
+    def accepts(self, p: Path) -> bool:
+        return p.suffix == ".safetensors" and p.parent.is_dir() and not p.is_dir()
+
+    def refusal(self, name: str) -> str:
+        return (f"Cannot save a vector as {short(name, 120)}: give a name ending in .safetensors in an existing "
+                f"folder inside the studio's vector folders ({self}); relative paths start at {self.folders[0]}. "
+                "`lmscope studio --vectors-dir DIR` adds a folder.")
+
+
+def check_sizes(path: Path) -> None:
     """The studio's own limits before anything is read: a vector file or sidecar this large is
     not an lmscope vector (their contents are validated by `Vector.load`)."""
     side = Path(f"{path}.json")
@@ -56,7 +67,7 @@ def artifact_vector(model, folders: VectorFolders, name: str, layer: int):
     from lmscope.vectors import Vector
 
     path = folders.resolve(name)
-    _check_sizes(path)
+    check_sizes(path)
     try:
         vec = Vector.load(path, model=model)
     except OSError as e:

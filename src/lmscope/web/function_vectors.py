@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import difflib
 import json
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -33,9 +30,9 @@ from pydantic import Field, field_validator
 from lmscope.engine.errors import ArtifactError, InputError
 
 from .bodies import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, _Body
-from .edits import VectorFolders
-from .guard import short
-from .studio import Studio, json_safe
+from .edits import VectorTargets
+from .guard import short, sidecar_kind
+from .studio import Kept, Studio, json_safe
 
 #: Bounds of one run (a run holds the model: on gemma-3-270m, CPU, the defaults take ~15-60 s).
 MAX_SHOTS, MAX_PROMPTS, MAX_TEST = 10, 128, 64
@@ -44,7 +41,6 @@ MAX_TOP_HEADS, MAX_AIE_PROMPTS = 32, 32
 KEEP = 8
 #: Top next tokens and greedy tokens of a try.
 MAX_TOP_K, MAX_TRY_TOKENS = 20, min(32, MAX_NEW_TOKENS)
-MAX_SIDECAR_BYTES = 2**20
 
 Layer = Annotated[int, Field(ge=-4096, le=4095)]
 Layers = Annotated[list[Layer], Field(min_length=1, max_length=256)]
@@ -139,65 +135,19 @@ class Made:
     answer: dict
 
 
-class Store:
+class Store(Kept):
     """The last `KEEP` vectors made (by id). Runs add on the model thread; the list, show and
     save read from another."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._made: OrderedDict[str, Made] = OrderedDict()
-        self._count = 0
-
-    def new_id(self) -> str:
-        with self._lock:
-            self._count += 1
-            return f"fv-{self._count}"
-
-    def add(self, key: str, made: Made) -> None:
-        with self._lock:
-            self._made[key] = made
-            while len(self._made) > KEEP:
-                self._made.popitem(last=False)
-
-    def get(self, key: str) -> Made:
-        with self._lock:
-            made = self._made.get(key)
-        if made is None:
-            raise InputError(f"No vector {key!r} in this studio session (it keeps the last {KEEP} made, until it "
-                             "stops): make it again, or save vectors you want to keep.")
-        return made
+        super().__init__("fv", "vector", KEEP, "make it again, or save vectors you want to keep.")
 
     def listing(self) -> list[dict]:
-        with self._lock:
-            items = list(self._made.items())
+        items = self.items()
         return [{"id": k, "task": m.sweep.task, "method": m.sweep.method, "mode": m.sweep.mode,
                  "layers": m.sweep.layers, "best_layer": m.sweep.best_layer, "best": m.sweep.best,
                  "zero_shot": m.sweep.zero_shot, "few_shot": m.sweep.few_shot, "n_test": m.sweep.n_test}
-                for k, m in reversed(items)]
-
-
-class VectorTargets(VectorFolders):
-    """Where a vector may be saved: a `.safetensors` name in an existing folder inside the vector folders."""
-
-    def accepts(self, p: Path) -> bool:
-        return p.suffix == ".safetensors" and p.parent.is_dir()
-
-    def refusal(self, name: str) -> str:
-        return (f"Cannot save a vector as {short(name, 120)}: give a name ending in .safetensors in an existing "
-                f"folder inside the studio's vector folders ({self}); relative paths start at {self.folders[0]}. "
-                "`lmscope studio --vectors-dir DIR` adds a folder.")
-
-
-def _is_vector_file(path: Path) -> bool:
-    """Whether `path`'s sidecar says it is a vector artifact (the only kind a save may replace)."""
-    side = Path(f"{path}.json")
-    try:
-        if side.stat().st_size > MAX_SIDECAR_BYTES:
-            return False
-        meta = json.loads(side.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("kind") == "vector"
+                for k, m in items]
 
 
 # ---- the actions (run on the studio's workers) ------------------------------------------------
@@ -245,7 +195,7 @@ def run(model, req: FVRunRequest, store: Store) -> dict:
                         "n_pairs": len(data.task), "n_train": len(data.train),
                         "seconds": {"make": round(t1 - t0, 2), "evaluate": round(time.perf_counter() - t1, 2)}})
     answer = json.loads(json.dumps(answer))  # the answer as the page reads it (layer keys as strings)
-    store.add(key, Made(v, sw, answer))
+    store.put(key, Made(v, sw, answer))
     return answer
 
 
@@ -282,7 +232,7 @@ def save(folders: VectorTargets, req: FVSaveRequest, store: Store) -> dict:
     if path.exists():
         if not req.overwrite:
             raise ArtifactError(f"{short(req.name, 120)} exists; pick another name, or set overwrite to replace it.")
-        if not _is_vector_file(path):
+        if sidecar_kind(path) != "vector":
             raise ArtifactError(f"{short(req.name, 120)} exists and is not a vector artifact; the studio replaces "
                                 "only vector files. Pick another name.")
     v, sw = made.vector, made.sweep

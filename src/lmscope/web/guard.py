@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 #: Host header values accepted besides loopback literals; "testserver" is TestClient's.
@@ -114,6 +115,33 @@ async def _error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: A sidecar is a small JSON object; anything larger is not one, and is not read.
+MAX_SIDECAR_BYTES = 2**20
+#: How far a folder listing looks: depth below each folder, folders read, entries found.
+MAX_DEPTH, MAX_DIRS, MAX_FOUND = 4, 4000, 200
+SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".cache"})
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """The JSON object in the sidecar of artifact `path` (`path.json`), or None when it is missing,
+    over `MAX_SIDECAR_BYTES`, not UTF-8 JSON, or not an object. For listings and checks only: loading
+    an artifact validates it fully."""
+    side = Path(f"{path}.json")
+    try:
+        if side.stat().st_size > MAX_SIDECAR_BYTES:
+            return None
+        meta = json.loads(side.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def sidecar_kind(path: Path) -> str | None:
+    """The `kind` an artifact's sidecar declares ("vector", "lre", ...), or None."""
+    meta = read_sidecar(path)
+    return meta.get("kind") if meta is not None else None
+
+
 class Folders:
     """The server folders a request's path may point into; relative paths start at the first.
     Subclasses say which paths count (`accepts`) and what to tell a user who gave another."""
@@ -140,6 +168,40 @@ class Folders:
         for f in self.folders:
             msg = msg.replace(f"{f}{os.sep}", "").replace(str(f), ".")
         return type(e)(msg)
+
+    def shown(self, p: Path) -> str:
+        """`p` as a request would give it: relative to the first folder when inside it."""
+        return str(p.relative_to(self.folders[0]) if p.is_relative_to(self.folders[0]) else p)
+
+    def walk(self) -> Iterator[tuple[Path, list[str]]]:
+        """(folder, its file names) below the folders, sorted, skipping hidden and tool folders
+        (`SKIP_DIRS`), at most `MAX_DEPTH` levels deep and `MAX_DIRS` folders in all."""
+        seen = 0
+        for root in self.folders:
+            for here, dirs, files in os.walk(root):
+                seen += 1
+                depth = len(Path(here).relative_to(root).parts)
+                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")) \
+                    if depth < MAX_DEPTH else []
+                yield Path(here), sorted(files)
+                if seen >= MAX_DIRS:
+                    return
+
+    def artifacts(self, describe: Callable[[Path, dict], dict | None]) -> list[dict]:
+        """The listing entries of the `.safetensors` artifacts below the folders: `describe(path,
+        sidecar)` for each one with a sidecar object, kept when not None, with its "path" as a
+        request gives it; at most `MAX_FOUND`."""
+        found: list[dict] = []
+        for here, files in self.walk():
+            for f in files:
+                if f.endswith(".safetensors") and f"{f}.json" in files:
+                    meta = read_sidecar(here / f)
+                    entry = describe(here / f, meta) if meta is not None else None
+                    if entry is not None:
+                        found.append({"path": self.shown(here / f), **entry})
+                        if len(found) >= MAX_FOUND:
+                            return found
+        return found
 
     def resolve(self, name: str) -> Path:
         """The path `name` names inside one of the folders (links followed: out is out), if

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -48,10 +46,8 @@ MAX_TOP_K = 50  # examples kept per neuron
 KEEP = 6  # recordings held (a whole gemma layer: ~12 MiB)
 REFERENCE_TOKENS = 512  # reference activations for mean/resample: [tokens, n_layers, d_mlp] float32
 MAX_PROMPTS, MAX_NEUTRAL, MAX_RANDOM, MAX_VALUES = 16, 16, 8, 33
-MAX_RECORDING_BYTES, MAX_SIDECAR_BYTES = 512 * 2**20, 2**20
+MAX_RECORDING_BYTES = 512 * 2**20
 MAX_HELD_FILE_BYTES = 2**30  # recording files held at once (the newest is always kept)
-MAX_DEPTH, MAX_DIRS, MAX_FOUND = 4, 4000, 200  # how far GET /api/neurons/recordings looks
-_SKIP = {".git", ".venv", "venv", "node_modules", "__pycache__", ".cache"}
 
 Layer = Annotated[int, Field(ge=-4096, le=4095)]
 Unit = Annotated[int, Field(ge=-(2**24), le=2**24)]
@@ -125,30 +121,8 @@ class RecordingFolders(Folders):
 
     def find(self, model_name: str) -> list[str]:
         """Recording files for `model_name` below the folders, as paths a request can give."""
-        found, seen = [], 0
-        for root in self.folders:
-            for here, dirs, files in os.walk(root):
-                seen += 1
-                depth = len(Path(here).relative_to(root).parts)
-                dirs[:] = sorted(d for d in dirs if d not in _SKIP and not d.startswith(".")) if depth < MAX_DEPTH else []
-                for f in sorted(f for f in files if f.endswith(".safetensors")):
-                    p, side = Path(here) / f, _sidecar(Path(here) / f)
-                    if side.get("kind") == "neuron_recording" and side.get("model") == model_name:
-                        found.append(str(p.relative_to(self.folders[0])) if p.is_relative_to(self.folders[0]) else str(p))
-                if seen >= MAX_DIRS or len(found) >= MAX_FOUND:
-                    return found
-        return found
-
-
-def _sidecar(p: Path) -> dict:
-    side = Path(f"{p}.json")
-    try:
-        if side.stat().st_size > MAX_SIDECAR_BYTES:
-            return {}
-        d = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
+        return [e["path"] for e in self.artifacts(
+            lambda _, meta: {} if meta.get("kind") == "neuron_recording" and meta.get("model") == model_name else None)]
 
 
 def documents(text: str) -> list[str]:

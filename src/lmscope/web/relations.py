@@ -18,8 +18,6 @@ set, and then only an LRE artifact.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +25,7 @@ from pathlib import Path
 
 from lmscope.engine.errors import ArtifactError, InputError
 
-from .guard import Folders, short
+from .guard import Folders, short, sidecar_kind
 from .studio import json_safe
 
 #: Training facts at most (the paper uses 5 to 8; each costs one Jacobian: ~7 s on gemma-3-270m).
@@ -36,10 +34,6 @@ MAX_TRAIN = 8
 MAX_FACTS = 64
 #: Fitted LREs kept in memory (by id), and LRE files kept loaded.
 KEEP_FITTED, KEEP_LOADED = 8, 4
-#: `/api/relations/lres` looks this deep below each LRE folder, at this many directories at most.
-MAX_DEPTH, MAX_DIRS, MAX_FOUND = 4, 4000, 200
-MAX_SIDECAR_BYTES = 2**20
-_SKIP = {".git", ".venv", "venv", "node_modules", "__pycache__", ".cache"}
 
 
 def shipped() -> dict:
@@ -80,23 +74,7 @@ class LreFolders(Folders):
 
     def find(self, model_name: str) -> list[dict]:
         """LRE artifacts below the folders (their sidecar's kind is "lre"), as paths a request can give."""
-        found, seen = [], 0
-        for root in self.folders:
-            for here, dirs, files in os.walk(root):
-                seen += 1
-                depth = len(Path(here).relative_to(root).parts)
-                dirs[:] = sorted(d for d in dirs if d not in _SKIP and not d.startswith(".")) if depth < MAX_DEPTH else []
-                for f in sorted(files):
-                    if f.endswith(".safetensors") and f"{f}.json" in files:
-                        entry = _describe(Path(here) / f, model_name)
-                        if entry is not None:
-                            p = Path(here) / f
-                            entry["path"] = str(p.relative_to(self.folders[0]) if p.is_relative_to(self.folders[0])
-                                                else p)
-                            found.append(entry)
-                if seen >= MAX_DIRS or len(found) >= MAX_FOUND:
-                    return found
-        return found
+        return self.artifacts(lambda _, meta: _describe(meta, model_name))
 
 
 class LreTargets(LreFolders):
@@ -110,16 +88,9 @@ class LreTargets(LreFolders):
                 f"inside the studio's LRE folders ({self}); relative paths start at {self.folders[0]}.")
 
 
-def _describe(path: Path, model_name: str) -> dict | None:
-    """The listing entry of an LRE artifact (None when the sidecar is not an LRE's)."""
-    side = Path(f"{path}.json")
-    try:
-        if side.stat().st_size > MAX_SIDECAR_BYTES:
-            return None
-        meta = json.loads(side.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("kind") != "lre":
+def _describe(meta: dict, model_name: str) -> dict | None:
+    """The listing entry of an LRE artifact's sidecar (None when it is not an LRE's)."""
+    if meta.get("kind") != "lre":
         return None
     demos = meta.get("demos")
     return {"relation": str(meta.get("relation", "")), "layer": meta.get("layer"), "beta": meta.get("beta"),
@@ -197,7 +168,7 @@ def fit(model, req, lres: Lres, save: Path | None) -> dict:
     if save is not None and save.exists():
         if not req.overwrite:
             raise ArtifactError(f"{short(req.save, 120)} exists; pick another name, or set overwrite to replace it.")
-        if _describe(save, model.name) is None:
+        if sidecar_kind(save) != "lre":
             raise ArtifactError(f"{short(req.save, 120)} exists and is not an LRE artifact; the studio replaces only "
                                 "LRE files. Pick another name.")
     pool = list(rel.pairs[:req.max_facts])

@@ -19,22 +19,18 @@ over a corpus: minutes on a real model, too long to hold the studio's model), so
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 
 from lmscope.engine.errors import InputError, LmscopeError
 
-from .guard import Folders, short
+from .guard import MAX_FOUND, Folders, short
 from .studio import json_safe
 
 #: Coders (and their statistics) kept loaded, most recently used first.
 KEEP = 4
-#: `/api/sae/folders` looks this deep below each SAE folder, at this many directories at most.
-MAX_DEPTH, MAX_DIRS, MAX_FOUND = 4, 4000, 200
 #: Prompts steered when a request gives none: the first neutral prompts.
 DEFAULT_PROMPTS = 8
-_SKIP = {".git", ".venv", "venv", "node_modules", "__pycache__", ".cache"}
 
 
 class SaeFolders(Folders):
@@ -55,21 +51,17 @@ class SaeFolders(Folders):
         request can give (relative to the first folder where they are inside it)."""
         from lmscope.saes.loading import detect_format
 
-        found, seen = [], 0
-        for root in self.folders:
-            for here, dirs, files in os.walk(root):
-                seen += 1
-                depth = len(Path(here).relative_to(root).parts)
-                dirs[:] = sorted(d for d in dirs if d not in _SKIP and not d.startswith(".")) if depth < MAX_DEPTH else []
-                if any(f.endswith(".safetensors") for f in files):
-                    try:
-                        detect_format(here)
-                    except LmscopeError:
-                        continue
-                    p = Path(here)
-                    found.append(str(p.relative_to(self.folders[0])) if p.is_relative_to(self.folders[0]) else str(p))
-                if seen >= MAX_DIRS or len(found) >= MAX_FOUND:
-                    return found
+        found = []
+        for here, files in self.walk():
+            if any(f.endswith(".safetensors") for f in files):
+                try:
+                    detect_format(here)
+                except LmscopeError:
+                    continue
+                found.append(self.shown(here))
+                if len(found) >= MAX_FOUND:
+                    break
+        return found
         return found
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,53 @@ def json_safe(x):
     if isinstance(x, list | tuple):
         return [json_safe(v) for v in x]
     return x
+
+
+class Kept:
+    """The last `keep` objects a studio session made (vectors, fits, recordings), by id
+    (`<prefix>-N`), newest last; safe to use from the model's and the atlas's threads.
+
+    Args:
+        prefix: The ids' prefix ("vec", "fv").
+        what: What they are, for messages ("vector").
+        keep: How many are kept; adding one more drops the oldest.
+        missing: The end of the message for an id that is not kept, saying how to get it back.
+    """
+
+    def __init__(self, prefix: str, what: str, keep: int, missing: str) -> None:
+        self.prefix, self.what, self.keep, self.missing = prefix, what, keep, missing
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._count = 0
+
+    def new_id(self) -> str:
+        with self._lock:
+            self._count += 1
+            return f"{self.prefix}-{self._count}"
+
+    def put(self, key: str, obj: Any) -> str:
+        with self._lock:
+            self._items[key] = obj
+            while len(self._items) > self.keep:
+                self._items.popitem(last=False)
+        return key
+
+    def add(self, obj: Any) -> str:
+        """Keep `obj` under a new id; the id."""
+        return self.put(self.new_id(), obj)
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            obj = self._items.get(key)
+        if obj is None:
+            raise InputError(f"No {self.what} {key!r} in this studio session (it keeps the last {self.keep}, until "
+                             f"it stops): {self.missing}")
+        return obj
+
+    def items(self) -> list[tuple[str, Any]]:
+        """(id, object), newest first."""
+        with self._lock:
+            return list(reversed(self._items.items()))
 
 
 @dataclass

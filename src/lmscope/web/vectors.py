@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import os
 import tempfile
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,9 +39,9 @@ from pydantic import Field, field_validator, model_validator
 from lmscope.engine.errors import ArtifactError, InputError
 
 from .bodies import MAX_PROMPT_CHARS, _Body
-from .edits import MAX_SIDECAR_BYTES, VectorFolders, _check_sizes
-from .guard import short
-from .studio import json_safe
+from .edits import VectorFolders, VectorTargets, check_sizes
+from .guard import MAX_SIDECAR_BYTES, short, sidecar_kind
+from .studio import Kept, json_safe
 
 # Bounds (the defaults sweep gemma-3-270m in about 45 s on 2 CPU cores: 4 layers x 3 coefficients,
 # 8 scored prompts, 16 neutral prompts for the KL, 4 generations of 12 tokens for repetition).
@@ -55,8 +53,6 @@ MAX_EVAL, MAX_NEUTRAL, MAX_GEN_TOKENS, MAX_N_GEN = 32, 32, 32, 8
 MAX_NEW_TOKENS = 64
 DEFAULT_LAYERS = 4  # layers swept when a request names none (`default_layers(n_layers, 4)`)
 KEEP, KEEP_LOADED = 8, 4  # vectors kept in the session (built or uploaded), files kept loaded
-MAX_DEPTH, MAX_DIRS, MAX_FOUND = 4, 4000, 200  # how far `GET /api/vectors` looks
-_SKIP = {".git", ".venv", "venv", "node_modules", "__pycache__", ".cache"}
 
 #: `steering.TASKS` and `engine.sites.RESID_KINDS` (a test checks they agree), as the bodies' choices
 TASKS = ("refusal", "sycophancy", "sentiment", "weddings", "loglik")
@@ -215,36 +211,16 @@ class Entry:
     origin: str  # "built" | "uploaded" | "file"
 
 
-class Vectors:
+class Vectors(Kept):
     """The vectors built or uploaded in this session (by id, the last `KEEP`) and the files kept
     loaded. Builds, uploads and loads run on the model thread; listings and saves on the other."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        super().__init__("vec", "vector", KEEP, "build or upload it again, or save vectors and pick the file.")
         self._loaded: OrderedDict = OrderedDict()
-        self._count = 0
-
-    def add(self, entry: Entry) -> str:
-        with self._lock:
-            self._count += 1
-            key = f"vec-{self._count}"
-            self._entries[key] = entry
-            while len(self._entries) > KEEP:
-                self._entries.popitem(last=False)
-            return key
-
-    def get(self, key: str) -> Entry:
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is None:
-            raise InputError(f"No vector {key!r} in this studio session (it keeps the last {KEEP} built or uploaded, "
-                             "until it stops): build or upload it again, or save vectors and pick the file.")
-        return entry
 
     def listing(self) -> list[dict]:
-        with self._lock:
-            items = list(reversed(self._entries.items()))
+        items = self.items()
         return [{"id": k, "label": e.label, "origin": e.origin, "method": e.vector.method, "site": e.vector.site,
                  "layers": e.vector.layers} for k, e in items]
 
@@ -288,8 +264,8 @@ def load_vector(path: Path, model, name: str):
 
 
 def read_vector(path: Path, model):
-    """A vector file of the vector folders, after the studio's size limits (`edits._check_sizes`)."""
-    _check_sizes(path)
+    """A vector file of the vector folders, after the studio's size limits (`edits.check_sizes`)."""
+    check_sizes(path)
     try:
         return load_vector(path, model, path.name)
     except OSError as e:
@@ -315,27 +291,9 @@ def upload(model, req: VectorUploadRequest):
             raise ArtifactError(str(e).replace(f"{tmp}{os.sep}", "").replace(tmp, ".")) from None
 
 
-class VectorTargets(VectorFolders):
-    """Where a vector may be saved: a `.safetensors` name in an existing folder inside the vector folders."""
-
-    def accepts(self, p: Path) -> bool:
-        return p.suffix == ".safetensors" and p.parent.is_dir() and not p.is_dir()
-
-    def refusal(self, name: str) -> str:
-        return (f"Cannot save a vector as {short(name, 120)}: give a name ending in .safetensors in an existing folder "
-                f"inside the studio's vector folders ({self}); relative paths start at {self.folders[0]}.")
-
-
-def describe(path: Path, model) -> dict | None:
-    """The listing entry of a vector artifact (None when the sidecar is not a vector's)."""
-    side = Path(f"{path}.json")
-    try:
-        if side.stat().st_size > MAX_SIDECAR_BYTES:
-            return None
-        meta = json.loads(side.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("kind") != "vector":
+def describe(meta: dict, model) -> dict | None:
+    """The listing entry of a vector artifact's sidecar (None when it is not a vector's)."""
+    if meta.get("kind") != "vector":
         return None
     layers = meta.get("layers")
     layers = [x for x in layers if isinstance(x, int)] if isinstance(layers, list) else []
@@ -347,20 +305,7 @@ def describe(path: Path, model) -> dict | None:
 
 def find_files(folders: VectorFolders, model) -> list[dict]:
     """Vector artifacts below the vector folders, as paths a request can give."""
-    found, seen = [], 0
-    for root in folders.folders:
-        for here, dirs, files in os.walk(root):
-            seen += 1
-            depth = len(Path(here).relative_to(root).parts)
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP and not d.startswith(".")) if depth < MAX_DEPTH else []
-            for f in sorted(files):
-                if f.endswith(".safetensors") and f"{f}.json" in files and (d := describe(Path(here) / f, model)):
-                    p = Path(here) / f
-                    found.append({"path": str(p.relative_to(folders.folders[0]) if p.is_relative_to(folders.folders[0])
-                                              else p), **d})
-            if seen >= MAX_DIRS or len(found) >= MAX_FOUND:
-                return found
-    return found
+    return folders.artifacts(lambda _, meta: describe(meta, model))
 
 
 def datasets(model) -> list[dict]:
@@ -609,7 +554,7 @@ def add_routes(studio) -> None:
         entry = store.get(req.vector)
         if path.exists() and not req.overwrite:
             raise ArtifactError(f"{short(req.path, 120)} exists; pick another name, or set overwrite to replace it.")
-        if path.exists() and describe(path, model) is None:
+        if path.exists() and sidecar_kind(path) != "vector":
             raise ArtifactError(f"{short(req.path, 120)} exists and is not a vector artifact; the studio replaces only "
                                 "vector files. Pick another name.")
         try:
