@@ -71,3 +71,34 @@ def run_job(page, path: str, click, timeout: float = 300) -> dict:
         time.sleep(0.1)
         job = page.request.get(f"{base}/api/jobs/{job['id']}").json()
     return job
+
+
+class Pages:
+    """Pages of one browser context at 1280 x 900 (downloads allowed); each page's script errors
+    are collected in `errors`."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.errors: list[str] = []
+
+    def open(self, url: str):
+        """A new page at `url`, once /api/info has answered (the model line is drawn)."""
+        page = self.ctx.new_page()
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_selector("#model-info b")
+        return page
+
+
+@contextlib.contextmanager
+def chromium(sync_api) -> Iterator[Pages]:
+    """Debian's Chromium through Playwright for one scenario; a script error on any of its pages
+    fails the test when the block ends."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        pages = Pages(browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True))
+        try:
+            yield pages
+        finally:
+            browser.close()
+    assert pages.errors == []

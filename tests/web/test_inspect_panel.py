@@ -307,14 +307,8 @@ def want_cells(d: dict) -> dict:
 
 
 def test_inspect_tab_in_a_browser(sync_api, server, lm, tmp_path):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=live.CHROMIUM)
-        ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server + "/")
-        page.wait_for_selector("#model-info b")
+    with live.chromium(sync_api) as pages:
+        page = pages.open(server + "/")
         page.click("nav button[data-tab=inspect]")
         assert "active" in page.get_attribute("#tab-inspect", "class")
         assert page.get_attribute("#insp-dla-layer", "max") == "2" and page.input_value("#insp-edit-layer") == "2"
@@ -407,9 +401,7 @@ def test_inspect_tab_in_a_browser(sync_api, server, lm, tmp_path):
         # the URL it wrote: a fresh page shows the edit again; the DLA view with its head comes back too
         url = page.url
         assert "#inspect?" in url and "go=insp-edit-form" in url and "_=L1.H1" in url
-        fresh = ctx.new_page()
-        fresh.on("pageerror", lambda e: errors.append(str(e)))
-        fresh.goto(url)
+        fresh = pages.open(url)
         fresh.wait_for_selector("#insp-edit-probs")
         assert fresh.locator("#insp-edit-probs tbody td[data-p]").evaluate_all("es => es.map(e => +e.dataset.p)") == probs
         page.fill("#insp-dla-top", "4")
@@ -417,14 +409,10 @@ def test_inspect_tab_in_a_browser(sync_api, server, lm, tmp_path):
         page.wait_for_selector("#insp-top tbody tr:nth-child(4)")
         page.click("#insp-heat td[data-part='L0.mlp']")
         page.wait_for_selector("#insp-part-out h3:has-text('L0.mlp in token space')")
-        again = ctx.new_page()
-        again.on("pageerror", lambda e: errors.append(str(e)))
-        again.goto(page.url)
+        again = pages.open(page.url)
         again.wait_for_selector("#insp-part-out h3:has-text('L0.mlp in token space')")
         assert heat_cells(again) == heat_cells(page) and again.locator("#insp-top tbody tr").count() == 4
         assert again.input_value("#insp-dla-target") == "a" and "active" in again.get_attribute("#tab-inspect", "class")
-        browser.close()
-    assert errors == []
 
 
 def post_live(server: str, what: str, body: dict) -> dict:

@@ -309,14 +309,8 @@ def test_neuron_page_in_a_browser(server, lm, tmp_path):
 
     sync_api = live.playwright()
     api = httpx.Client(base_url=server, timeout=120)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=live.CHROMIUM)
-        ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server + "/#neurons")
-        page.wait_for_selector("#model-info b")
+    with live.chromium(sync_api) as pages:
+        page = pages.open(server + "/#neurons")
         assert page.input_value("#np-layer") == "1"  # a middle layer of 3
         assert not page.is_visible("#np-file-box") and not page.is_visible("#np-text")
         page.select_option("#np-corpus", "file")
@@ -402,14 +396,10 @@ def test_neuron_page_in_a_browser(server, lm, tmp_path):
         assert shot.stat().st_size > 1000
 
         # the URL the page wrote reopens the same page view in a fresh page
-        fresh = ctx.new_page()
-        fresh.on("pageerror", lambda e: errors.append(str(e)))
-        fresh.goto(url)
+        fresh = pages.open(url)
         fresh.wait_for_selector("#np-out h3:has-text('Neuron 1.7 over a corpus')", timeout=60_000)
         assert shown_examples(fresh) == want_examples(d7)
-        browser.close()
     api.close()
-    assert errors == []
 
 
 # ---- a real model (slow) -------------------------------------------------------------------------
