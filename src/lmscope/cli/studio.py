@@ -44,7 +44,8 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--atlas", "atlas_path", type=click.Path(dir_okay=False),
               help="Neuron atlas for search (default: the one `lmscope atlas build MODEL` writes).")
 @click.option("--vectors-dir", "vector_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Folder an edit's vector_file may be read from (repeatable; default: the working directory).")
+              help="Folder vector files (Generate's edits, the Steering and Function vectors tabs) and neuron "
+                   "recordings may be read from, and vectors saved to (repeatable; default: the working directory).")
 @click.option("--sae-dir", "sae_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Folder the SAEs tab may read SAEs from (repeatable; default: the working directory).")
 @click.option("--lre-dir", "lre_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
