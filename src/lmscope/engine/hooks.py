@@ -396,6 +396,8 @@ class _Engine:
         self.state = _State()
         self.handles: list = []
         self.keys: list[tuple[int, str]] = []
+        # a model spread over devices (device_map): captures are gathered where the logits come out
+        self.gather = model.device if model.spans_devices else None
 
     def _add(self, module: nn.Module, io: str, phase: int, fn) -> None:
         key = (id(module), io)
@@ -459,7 +461,11 @@ class _Engine:
         if cap.site.units is not None:  # unit axis: first feature axis (heads of a pattern: 1)
             dim = 1 if cap.site.kind == "attn.pattern" or P.is_single(cap.positions) else 2
             val = val.index_select(dim, torch.tensor(cap.site.units, device=val.device))
-        cap.chunks.append(val.to("cpu") if cap.to_cpu else val)
+        if cap.to_cpu:
+            val = val.to("cpu")
+        elif self.gather is not None and val.device != self.gather:
+            val = val.to(self.gather)
+        cap.chunks.append(val)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -526,7 +532,7 @@ def hooked(
             if site.kind in CAPTURE_ONLY:
                 raise SiteError(f"{site.kind} can be captured but not edited; edit attn.z (per head) instead.")
             feat = model.feature_shape(site)
-            edit.bind(feat, site, model.device, model.dtype)
+            edit.bind(feat, site, model.device_of(site.layer), model.dtype)  # where that block computes
             bound.append((site, edit))
     engine = _Engine(model, grad)
     if prompt is not None:

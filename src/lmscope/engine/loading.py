@@ -270,6 +270,7 @@ def load(
     device: str = "cpu",
     revision: str | None = None,
     device_map: str | dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     arch: ArchSpec | None = None,
     quiet: bool = False,
 ) -> Model:
@@ -281,8 +282,12 @@ def load(
         dtype: "float32", "bfloat16" or "float16".
         device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
         revision: Hub revision (branch, tag or commit).
-        device_map: Passed to `from_pretrained` (e.g. "auto" to spread a large model over
-            GPUs with accelerate); overrides `device`.
+        device_map: Passed to `from_pretrained` (e.g. "auto" to spread a model larger than one
+            device over GPUs, the CPU and disk with accelerate, or a dict from module names such
+            as "model.layers.7" to "cuda:0", "cpu" or "disk"); overrides `device`. Hooks,
+            captures and edits work across the split (captures are gathered on the device the
+            logits come out of).
+        offload_folder: Where blocks mapped to "disk" keep their weights (needed for "disk").
         arch: An ArchSpec for a family that is not in the table.
         quiet: Keep stdout/stderr clean while loading (the CLI and the studio): transformers'
             progress bars and warnings are silenced for the load (errors still show), and on
@@ -294,17 +299,19 @@ def load(
         if device == "cpu" and not os.environ.get("LMSCOPE_THREADS"):
             torch.set_num_threads(max(1, torch.get_num_threads()))
         with _quiet_transformers():
-            return load(spec, dtype=dtype, device=device, revision=revision, device_map=device_map, arch=arch)
+            return load(spec, dtype=dtype, device=device, revision=revision, device_map=device_map,
+                        offload_folder=offload_folder, arch=arch)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}.")
     source, name = resolve_source(spec)
     kw = {"revision": revision} if revision else {}
+    offload = {"offload_folder": str(offload_folder)} if offload_folder is not None else {}
     try:
         tok = AutoTokenizer.from_pretrained(source, **kw)
         hf = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_DTYPES[dtype], device_map=device_map, **kw
+            source, dtype=_DTYPES[dtype], device_map=device_map, **kw, **offload
         )
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

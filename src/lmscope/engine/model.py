@@ -90,7 +90,21 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return self.weights.W_U.device
+        """Where the logits come out (the LM head runs): where captures are gathered and edits
+        of non-layer sites live. With accelerate's offload, the device the head executes on."""
+        return _exec_device(self.hf.get_output_embeddings(), self.weights.W_U.device)
+
+    def device_of(self, layer: int | None) -> torch.device:
+        """The device block `layer` computes on (`None`: the LM head's). Differs from `device`
+        when a `device_map` spreads the model over devices (CPU / disk offload, several GPUs)."""
+        if layer is None:
+            return self.device
+        return _exec_device(self.block(layer), self.device)
+
+    @property
+    def spans_devices(self) -> bool:
+        """Whether blocks compute on more than one device (a `device_map` split)."""
+        return len({self.device_of(i) for i in range(self.n_layers)} | {self.device}) > 1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -225,3 +239,15 @@ class Model:
         from lmscope.engine.hooks import intervene
 
         return intervene(self, edits, **kw)
+
+
+def _exec_device(module: nn.Module | None, default: torch.device) -> torch.device:
+    """The device `module` computes on: accelerate's execution device when a `device_map`
+    dispatched it (its weights may sit on another device, or on "meta" when offloaded to disk),
+    else its first parameter's."""
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return dev if isinstance(dev, torch.device) else torch.device(dev)
+    p = next(module.parameters(), None) if module is not None else None
+    return p.device if p is not None and p.device.type != "meta" else default
