@@ -207,6 +207,31 @@ function withTools(card, data, name) {
   return card;
 }
 
+// A "made in this session, then files" picker (the Relations tab's LREs, the Steering tab's
+// vectors). Option values are `<key>:<id>` for the session's objects and `path:<file>` for files;
+// a file made for another model is listed but disabled. `keep` stays chosen if it still can be.
+function fillSource(sel, { key, session, sessionLabel, files, fileLabel, empty, keep }) {
+  const groups = [];
+  if (session.length) {
+    groups.push(el("optgroup", { label: sessionLabel }, session.map(([id, text]) => el("option", { value: `${key}:${id}` }, text))));
+  }
+  if (files.length) {
+    groups.push(el("optgroup", { label: fileLabel }, files.map(([f, text]) => el("option",
+      { value: `path:${f.path}`, ...(f.usable ? {} : { disabled: "" }) }, text + (f.usable ? "" : ` (for ${f.model})`)))));
+  }
+  sel.replaceChildren(...groups);
+  if (!groups.length) sel.append(el("option", { value: "" }, empty));
+  if ([...sel.options].some((o) => o.value === keep && !o.disabled)) sel.value = keep;
+}
+
+// The request fields of a `fillSource` choice: {<key>: id} or {path}; `missing` when none is chosen.
+function readSource(sel, key, missing) {
+  const v = sel.value;
+  if (!v) throw new Error(missing);
+  const i = v.indexOf(":");
+  return v.slice(0, i) === key ? { [key]: v.slice(i + 1) } : { path: v.slice(i + 1) };
+}
+
 // A result card: a title row with the download buttons, then the content.
 function resultCard(title, data, name, ...content) {
   const card = el("div", { class: "card result" });

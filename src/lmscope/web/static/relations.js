@@ -29,25 +29,16 @@
   // The options of the LRE box: the LREs fitted in this session, then the files in the LRE folders.
   async function loadLres(select) {
     const d = await api("GET", "/api/relations/lres");
-    const sel = $("rel-source"), was = select || sel.value;
-    const fitted = d.fitted.map((f) => el("option", { value: `fitted:${f.id}` },
-      `${f.id}: ${f.relation}, layer ${f.layer}, \u03b2 ${f.beta} (fitted here)`));
-    const files = d.files.map((f) => el("option", { value: `path:${f.path}`, ...(f.usable ? {} : { disabled: "" }) },
-      `${f.path}: ${f.relation || "?"}, layer ${f.layer}, \u03b2 ${f.beta}` + (f.usable ? "" : ` (for ${f.model})`)));
-    const groups = [];
-    if (fitted.length) groups.push(el("optgroup", { label: "fitted in this session" }, fitted));
-    if (files.length) groups.push(el("optgroup", { label: `files in ${d.lre_dirs.join(", ")}` }, files));
-    sel.replaceChildren(...groups);
-    if (!groups.length) sel.append(el("option", { value: "" }, "(none yet: fit one, or save one in the LRE folders)"));
-    if ([...sel.options].some((o) => o.value === was && !o.disabled)) sel.value = was;
+    const sel = $("rel-source");
+    fillSource(sel, { key: "fitted", keep: select || sel.value, sessionLabel: "fitted in this session",
+      session: d.fitted.map((f) => [f.id, `${f.id}: ${f.relation}, layer ${f.layer}, \u03b2 ${f.beta} (fitted here)`]),
+      fileLabel: `files in ${d.lre_dirs.join(", ")}`,
+      files: d.files.map((f) => [f, `${f.path}: ${f.relation || "?"}, layer ${f.layer}, \u03b2 ${f.beta}`]),
+      empty: "(none yet: fit one, or save one in the LRE folders)" });
   }
 
-  function source() {
-    const v = $("rel-source").value;
-    if (!v) throw new Error("No LRE chosen: fit one above, or put an LRE file in the studio's LRE folders and refresh.");
-    const i = v.indexOf(":");
-    return v.slice(0, i) === "fitted" ? { fitted: v.slice(i + 1) } : { path: v.slice(i + 1) };
-  }
+  const source = () => readSource($("rel-source"), "fitted",
+    "No LRE chosen: fit one above, or put an LRE file in the studio's LRE folders and refresh.");
 
   $("rel-src-form").addEventListener("submit", (ev) => {
     ev.preventDefault();

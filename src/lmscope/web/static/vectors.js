@@ -54,25 +54,17 @@
 
   async function loadList(select) {
     const d = await api("GET", "/api/vectors");
-    const sel = $("vec-source"), was = select || sel.value;
-    const session = d.session.map((v) => el("option", { value: `vector:${v.id}` },
-      `${v.id}: ${v.label}, ${v.method}, layers ${span(v.layers)}` + (v.origin === "uploaded" ? " (uploaded)" : "")));
-    const files = d.files.map((f) => el("option", { value: `path:${f.path}`, ...(f.usable ? {} : { disabled: "" }) },
-      `${f.path}: ${f.dataset || f.method || "?"}, layers ${span(f.layers)}` + (f.usable ? "" : ` (for ${f.model})`)));
-    const groups = [];
-    if (session.length) groups.push(el("optgroup", { label: "this session" }, session));
-    if (files.length) groups.push(el("optgroup", { label: `files in ${d.vector_dirs.join(", ")}` }, files));
-    sel.replaceChildren(...groups);
-    if (!groups.length) sel.append(el("option", { value: "" }, "(none yet: build or upload one, or save one in the vector folders)"));
-    if ([...sel.options].some((o) => o.value === was && !o.disabled)) sel.value = was;
+    const sel = $("vec-source");
+    fillSource(sel, { key: "vector", keep: select || sel.value, sessionLabel: "this session",
+      session: d.session.map((v) => [v.id, `${v.id}: ${v.label}, ${v.method}, layers ${span(v.layers)}` +
+        (v.origin === "uploaded" ? " (uploaded)" : "")]),
+      fileLabel: `files in ${d.vector_dirs.join(", ")}`,
+      files: d.files.map((f) => [f, `${f.path}: ${f.dataset || f.method || "?"}, layers ${span(f.layers)}`]),
+      empty: "(none yet: build or upload one, or save one in the vector folders)" });
   }
 
-  function source() {
-    const v = $("vec-source").value;
-    if (!v) throw new Error("No vector chosen: build or upload one above, or put a vector file in the studio's vector folders and refresh.");
-    const i = v.indexOf(":");
-    return v.slice(0, i) === "vector" ? { vector: v.slice(i + 1) } : { path: v.slice(i + 1) };
-  }
+  const source = () => readSource($("vec-source"), "vector",
+    "No vector chosen: build or upload one above, or put a vector file in the studio's vector folders and refresh.");
 
   // ---- the vector's card ---------------------------------------------------------------------------------------
   function cardView(d) {
