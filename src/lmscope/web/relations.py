@@ -18,7 +18,6 @@ set, and then only an LRE artifact.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from lmscope.engine.errors import ArtifactError, InputError
 
 from .guard import Folders, short, sidecar_kind
-from .studio import json_safe
+from .studio import Kept, json_safe
 
 #: Training facts at most (the paper uses 5 to 8; each costs one Jacobian: ~7 s on gemma-3-270m).
 MAX_TRAIN = 8
@@ -105,42 +104,25 @@ def _mtime(p: Path) -> int:
         return 0
 
 
-class Lres:
+class Lres(Kept):
     """The LREs fitted in this session (by id, the last `KEEP_FITTED`) and the files kept loaded.
     Fits and loads run on the model thread; the listing reads the fitted ones from another."""
 
     def __init__(self, model) -> None:
+        super().__init__("fit", "LRE fitted as", KEEP_FITTED, "fit it again, or save fits and load the file.")
         self.model = model
-        self._lock = threading.Lock()
-        self._fitted: OrderedDict = OrderedDict()
         self._loaded: OrderedDict = OrderedDict()
-        self._count = 0
-
-    def add(self, lre) -> str:
-        with self._lock:
-            self._count += 1
-            key = f"fit-{self._count}"
-            self._fitted[key] = lre
-            while len(self._fitted) > KEEP_FITTED:
-                self._fitted.popitem(last=False)
-            return key
 
     def fitted(self) -> list[dict]:
-        with self._lock:
-            return [{"id": k, "relation": v.relation, "layer": v.layer, "beta": v.beta, "n_demos": len(v.demos)}
-                    for k, v in reversed(self._fitted.items())]
+        return [{"id": k, "relation": v.relation, "layer": v.layer, "beta": v.beta, "n_demos": len(v.demos)}
+                for k, v in self.items()]
 
-    def get(self, fitted: str | None, path: Path | None):
+    def get(self, fitted: str | None, path: Path | None = None):
         """The LRE fitted as `fitted` (an id), or the one in the file at `path` (resolved in the LRE folders)."""
         from lmscope.relations.lre import LRE
 
         if fitted is not None:
-            with self._lock:
-                lre = self._fitted.get(fitted)
-            if lre is None:
-                raise InputError(f"No LRE fitted as {fitted!r} in this studio session (it keeps the last "
-                                 f"{KEEP_FITTED}, until it stops): fit it again, or save fits and load the file.")
-            return lre
+            return super().get(fitted)
         key = (str(path), _mtime(path), _mtime(Path(f"{path}.json")))
         if key not in self._loaded:
             self._loaded[key] = LRE.load(path, model=self.model)
