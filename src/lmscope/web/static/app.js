@@ -207,6 +207,26 @@ function withTools(card, data, name) {
   return card;
 }
 
+// A heatmap table is one tab stop: the arrow keys move the focus between its cells (the elements
+// matching `cells` in its body rows; default every <td>), Home / End to a row's ends. Call it from the
+// table's keydown; true when it moved.
+function gridMove(table, ev, cells = "td") {
+  const cell = ev.target.closest && ev.target.closest(cells);
+  if (!cell || !table.contains(cell)) return false;
+  const rows = [...table.tBodies[0].rows].map((row) => [...row.querySelectorAll(cells)]).filter((row) => row.length);
+  const r = rows.findIndex((row) => row.includes(cell)), c = rows[r].indexOf(cell);
+  const to = { ArrowUp: [r - 1, c], ArrowDown: [r + 1, c], ArrowLeft: [r, c - 1], ArrowRight: [r, c + 1],
+    Home: [r, 0], End: [r, Infinity] }[ev.key];
+  if (!to) return false;
+  ev.preventDefault();
+  const rr = Math.max(0, Math.min(rows.length - 1, to[0]));
+  const next = rows[rr][Math.max(0, Math.min(rows[rr].length - 1, to[1]))];
+  cell.tabIndex = -1;
+  next.tabIndex = 0;
+  next.focus();
+  return true;
+}
+
 // A "made in this session, then files" picker (the Relations tab's LREs, the Steering tab's
 // vectors). Option values are `<key>:<id>` for the session's objects and `path:<file>` for files;
 // a file made for another model is listed but disabled. `keep` stays chosen if it still can be.

@@ -60,21 +60,7 @@
 
   // Arrow keys move between the grid's focusable cells (one tab stop); Home / End to a row's ends.
   function gridKeys(table, readout) {
-    table.addEventListener("keydown", (ev) => {
-      const cell = ev.target.closest("[data-cell]");
-      if (!cell) return;
-      const rows = [...table.tBodies[0].rows].map((r) => [...r.querySelectorAll("[data-cell]")]).filter((r) => r.length);
-      const r = rows.findIndex((row) => row.includes(cell)), c = rows[r].indexOf(cell);
-      const to = { ArrowUp: [r - 1, c], ArrowDown: [r + 1, c], ArrowLeft: [r, c - 1], ArrowRight: [r, c + 1],
-        Home: [r, 0], End: [r, Infinity] }[ev.key];
-      if (!to) return;
-      ev.preventDefault();
-      const rr = Math.max(0, Math.min(rows.length - 1, to[0]));
-      const next = rows[rr][Math.max(0, Math.min(rows[rr].length - 1, to[1]))];
-      cell.tabIndex = -1;
-      next.tabIndex = 0;
-      next.focus();
-    });
+    table.addEventListener("keydown", (ev) => gridMove(table, ev, "[data-cell]"));
     const say = (ev) => { const c = ev.target.closest && ev.target.closest("[data-cell]"); if (c) readout.textContent = c.title; };
     table.addEventListener("focusin", say);
     table.addEventListener("mouseover", say);

@@ -97,7 +97,7 @@
       el("thead", {}, head), el("tbody", {}, rows));
     const first = table.querySelector("tbody td");
     if (first) first.tabIndex = 0;  // one tab stop; arrow keys move inside
-    table.addEventListener("keydown", (ev) => moveFocus(table, ev));
+    table.addEventListener("keydown", (ev) => gridMove(table, ev));
     table.addEventListener("focusin", (ev) => readout(d, ev.target));
     table.addEventListener("mouseover", (ev) => readout(d, ev.target));
     return table;
@@ -106,24 +106,6 @@
   function readout(d, cell) {
     if (!cell || cell.tagName !== "TD") return;
     $("rel-cell").textContent = cellText(d, +cell.dataset.k, +cell.dataset.pos);
-  }
-
-  // Arrow keys move between cells (up = a later layer, as the rows are drawn), Home/End to a row's ends.
-  function moveFocus(table, ev) {
-    const cell = ev.target;
-    if (cell.tagName !== "TD") return;
-    const rows = [...table.tBodies[0].rows];
-    let r = rows.indexOf(cell.parentElement), c = cell.cellIndex - 1;
-    const last = rows[0].cells.length - 2;
-    const to = { ArrowUp: [r - 1, c], ArrowDown: [r + 1, c], ArrowLeft: [r, c - 1], ArrowRight: [r, c + 1],
-      Home: [r, 0], End: [r, last] }[ev.key];
-    if (!to) return;
-    ev.preventDefault();
-    [r, c] = [Math.max(0, Math.min(rows.length - 1, to[0])), Math.max(0, Math.min(last, to[1]))];
-    const next = rows[r].cells[c + 1];
-    cell.tabIndex = -1;
-    next.tabIndex = 0;
-    next.focus();
   }
 
   function lensView(d) {

@@ -247,7 +247,10 @@
     const first = table.querySelector("td.rec") || table.querySelector("td[tabindex]");
     if (first) first.tabIndex = 0;  // one tab stop; the arrow keys move inside
     const row = (cell) => d.rows.find((r) => String(r.layer) === cell.dataset.layer && String(r.coef) === cell.dataset.coef);
-    table.addEventListener("keydown", (ev) => moveFocus(table, ev));
+    table.addEventListener("keydown", (ev) => {  // arrows move (app.js gridMove); Enter or Space generates
+      if (ev.target.tagName === "TD" && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); ev.target.click(); }
+      else gridMove(table, ev, "td[data-layer]");
+    });
     table.addEventListener("focusin", (ev) => { if (ev.target.dataset.layer) readout(d, row(ev.target)); });
     table.addEventListener("mouseover", (ev) => { const c = ev.target.closest("td"); if (c && c.dataset.layer) readout(d, row(c)); });
     table.addEventListener("click", (ev) => {
@@ -263,26 +266,6 @@
   }
 
   function readout(d, r) { if (r) $("vec-cell").textContent = cellText(d, r); }
-
-  // Arrow keys move between cells, Home/End to a row's ends; Enter or Space generates with the cell.
-  function moveFocus(table, ev) {
-    const cell = ev.target;
-    if (cell.tagName !== "TD") return;
-    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); cell.click(); return; }
-    const rows = [...table.tBodies[0].rows];
-    let r = rows.indexOf(cell.parentElement), c = cell.cellIndex - 1;
-    const last = rows[0].cells.length - 2;
-    const to = { ArrowUp: [r - 1, c], ArrowDown: [r + 1, c], ArrowLeft: [r, c - 1], ArrowRight: [r, c + 1],
-      Home: [r, 0], End: [r, last] }[ev.key];
-    if (!to) return;
-    ev.preventDefault();
-    [r, c] = [Math.max(0, Math.min(rows.length - 1, to[0])), Math.max(0, Math.min(last, to[1]))];
-    const next = rows[r].cells[c + 1];
-    if (!next.dataset.layer) return;
-    cell.tabIndex = -1;
-    next.tabIndex = 0;
-    next.focus();
-  }
 
   function sweepView(d) {
     const rec = d.recommended;
