@@ -4,6 +4,11 @@
     python benchmarks/bench_atlas.py chunk [--models ...] [--reps 5]
     python benchmarks/bench_atlas.py compare [--model smollm2-135m-instruct] [--every 5]
     python benchmarks/bench_atlas.py clamp [--model smollm2-135m-instruct] [--times 10]
+    python benchmarks/bench_atlas.py approx [--models ...] [--layers 6] [--settings 64:256,96:256]
+
+`approx` decodes the same layers exactly and with the approximate search (rank:candidates
+settings), layer by layer and interleaved, and prints the speed ratio and recall@10 (share of
+the exact top-10 tokens of each neuron and kind that the approximate top-10 holds).
 
 `decode` times (CPU time of the process on CPU, see `_timed`), layer by layer and interleaved (the CPU may be shared: both sides see the same
 load), the atlas's decoding of a layer (all kinds, top-k included) and a bare `torch.mm` of the
@@ -224,9 +229,47 @@ def bench_clamp(name: str, times: list[float], n_neutral: int, max_new_tokens: i
     return rows
 
 
+def bench_approx(name: str, layers: int | None, settings: list[tuple[int, int]], k: int = 10) -> dict:
+    model = ls.load(name, quiet=True)
+    device = model.device
+    pick = list(range(model.n_layers))
+    if layers is not None and layers < model.n_layers:
+        pick = sorted({round(i * (model.n_layers - 1) / max(layers - 1, 1)) for i in range(layers)})
+    configs = {"exact": AtlasConfig(k=k)} | {f"approx r={r} K={c}": AtlasConfig(k=k, search="approx", rank=r,
+                                                                                   candidates=c)
+                                             for r, c in settings}
+    secs = {name_: 0.0 for name_ in configs}
+    hits = {name_: {} for name_ in configs}
+    for layer in pick:
+        out = {}
+        for label, cfg in configs.items():  # interleaved: every setting sees the same machine load
+            t = time.perf_counter()
+            out[label] = decode_layer(model, layer, cfg)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            secs[label] += time.perf_counter() - t
+        for label in configs:
+            for kind, (ids, _) in out[label].items():
+                exact = out["exact"][kind][0]
+                got = (exact[:, :, None] == ids[:, None, :]).any(-1).sum().item()
+                h = hits[label].setdefault(kind, [0, 0])
+                h[0] += got
+                h[1] += exact.numel()
+    rows = []
+    for label in configs:
+        rec = {kind: h[0] / h[1] for kind, h in hits[label].items()}
+        rows.append({"setting": label, "seconds": secs[label], "speedup": secs["exact"] / secs[label],
+                     "recall_at_10": rec, "recall_min": min(rec.values()),
+                     "recall_mean": sum(rec.values()) / len(rec)})
+    return {"model": name, "layers": pick, "n_layers": model.n_layers, "d_vocab": model.d_vocab,
+            "device": str(device), "threads": torch.get_num_threads(), "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["decode", "chunk", "compare", "clamp"])
+    ap.add_argument("what", choices=["decode", "chunk", "compare", "clamp", "approx"])
+    ap.add_argument("--settings", default="32:128,64:256,96:256,128:512",
+                    help="approx: rank:candidates pairs")
     ap.add_argument("--reps", type=int, default=5, help="chunk: repetitions (the minimum is kept)")
     ap.add_argument("--models", default="gemma-3-270m,smollm2-135m-instruct")
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -260,6 +303,17 @@ def main() -> None:
                 print(f"{r['model']:24} {r['block']:32} {r['bare_s']:9.3f} {r['atlas_in_s']:6.3f} "
                       f"{r['atlas_out_s']:6.3f} {r['torch_topk_s']:12.3f} {r['ratio']:6.2f} {r['bare_gflops']:6.1f} "
                       f"{r['model_s_estimate']:14.0f}")
+    elif a.what == "approx":
+        settings = [tuple(map(int, x.split(":"))) for x in a.settings.split(",")]
+        res = [bench_approx(m, a.layers, settings) for m in a.models.split(",")]
+        if not a.json:
+            for r in res:
+                print(f"{r['model']} ({r['d_vocab']} tokens; layers {r['layers']}; {r['device']}, {r['threads']} threads)")
+                print(f"  {'setting':24} {'seconds':>8} {'speedup':>8} {'recall@10 min':>13} {'mean':>6}  per kind")
+                for x in r["rows"]:
+                    per = " ".join(f"{kd}={v:.3f}" for kd, v in x["recall_at_10"].items())
+                    print(f"  {x['setting']:24} {x['seconds']:8.2f} {x['speedup']:7.1f}x {x['recall_min']:13.3f} "
+                          f"{x['recall_mean']:6.3f}  {per}")
     elif a.what == "compare":
         res = bench_compare(a.model, a.every, [float(x) for x in a.noises.split(",")])
         if not a.json:

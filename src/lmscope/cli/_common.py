@@ -22,6 +22,31 @@ model_argument = click.argument("model_name", metavar="[MODEL]", default="gemma-
 model_name_argument = click.argument("model_name", metavar="MODEL")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+
+
+def shard_options(f: Callable) -> Callable:
+    """--job DIR / --backend / --workers / --ray-address, passed to the command as one `shards`
+    argument: a `ShardOptions` (a resumable sharded job) or None (one pass in this process)."""
+    import functools
+
+    @click.option("--job", "job_dir", type=click.Path(file_okay=False),
+                  help="Run as a resumable sharded job in this folder (rerun the command to resume).")
+    @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                  help="Where the job's shards run: this process, or Ray actors (pip install 'lmscope[ray]').")
+    @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Ray actors.")
+    @click.option("--ray-address", help="A running Ray cluster to join (default: start a local one).")
+    @functools.wraps(f)
+    def wrapper(*args, job_dir, backend, workers, ray_address, **kw):
+        if job_dir is None:
+            if backend != "local" or workers != 1 or ray_address:
+                raise click.UsageError("--backend, --workers and --ray-address need --job DIR (the job's folder).")
+            return f(*args, shards=None, **kw)
+        from lmscope.engine.sharded import ShardOptions
+
+        return f(*args, shards=ShardOptions(folder=job_dir, backend=backend, workers=workers,
+                                            ray_address=ray_address), **kw)
+
+    return wrapper
 dtype_option = click.option("--dtype", default="float32", show_default=True,
                             type=click.Choice(["float32", "bfloat16", "float16"]))
 

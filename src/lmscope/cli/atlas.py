@@ -24,6 +24,7 @@ from ._common import (
     neuron_names,
     progress_enabled,
     resolve_neurons,
+    shard_options,
 )
 from .config_options import Group, config_options
 from .params import LAYERS, NEURONS
@@ -54,10 +55,11 @@ def atlas() -> None:
 @config_options("lmscope.neurons.atlas:AtlasConfig", exclude={"kinds", "chunk_mib", "block"},
                 types={"k": click.IntRange(1, 1000)})
 @click.option("--out", type=OUT_FILE, help="Atlas file (default: the lmscope cache).")
+@shard_options
 @json_option
 @device_option
 @dtype_option
-def build(model_name, config, out, as_json, device, dtype) -> None:
+def build(model_name, config, out, shards, as_json, device, dtype) -> None:
     """Decode every neuron and write the SQLite atlas.
 
     Every neuron of MODEL: input rows (gate, up) and output column (top and bottom tokens)
@@ -69,12 +71,13 @@ def build(model_name, config, out, as_json, device, dtype) -> None:
     stage(f"loading {model_name}")
     model = load_model(model_name, device, dtype)
     stage(f"building the atlas of {model.name}")
-    with build_atlas(model, config, path=out, progress=progress_enabled(), notify=_notify) as a:
+    with build_atlas(model, config, path=out, progress=progress_enabled(), notify=_notify, shards=shards) as a:
         m = a.meta
         info = {"model": model.name, "path": str(a.path), "k": config.k, "kinds": m["kinds"], "n_layers": len(m["layers"]),
                 "d_mlp": m["d_mlp"], "n_neurons": len(m["layers"]) * m["d_mlp"],
                 "decode_seconds": m["decode_seconds"], "write_seconds": m["write_seconds"],
-                "gflop": m["flops"] / 1e9, "gflops_per_s": m["flops"] / 1e9 / max(m["decode_seconds"], 1e-9)}
+                "gflop": m["flops"] / 1e9, "gflops_per_s": m["flops"] / 1e9 / max(m["decode_seconds"], 1e-9),
+                "search": m.get("search", {"method": "exact"})}
     if as_json:
         emit_json(info)
         return

@@ -22,6 +22,7 @@ from ._common import (
     precheck,
     progress_enabled,
     resolve_neurons,
+    shard_options,
 )
 from .config_options import Group, config_options
 from .params import LAYERS, NEURONS, UNITS, VALUES
@@ -113,9 +114,10 @@ def neuron() -> None:
                 types={"window": click.IntRange(8, 4096), "top_k": click.IntRange(1, 1000)},
                 defaults={"max_tokens": 100_000})
 @click.option("--out", "out", type=OUT_FILE, help="Save the recording (.safetensors).")
+@shard_options
 @json_option
 @device_option
-def record(model_name, layers, kind, units, corpus, config, out, as_json, device):
+def record(model_name, layers, kind, units, corpus, config, out, shards, as_json, device):
     """Record neuron statistics and top contexts over a corpus."""
     from lmscope.neurons.recording import neuron_sites
     from lmscope.neurons.recording import record as do_record
@@ -127,7 +129,7 @@ def record(model_name, layers, kind, units, corpus, config, out, as_json, device
     sites = neuron_sites(model, layers, kind=kind, units=units)
     stage(f"recording {len(sites)} neuron sites over up to {config.max_tokens:,} tokens of "
           f"{corpus or 'the shipped corpus'}")
-    rec = do_record(model, sites, corpus, config=config, progress=progress_enabled())
+    rec = do_record(model, sites, corpus, config=config, progress=progress_enabled(), shards=shards)
     summary = rec.summary()
     if out:
         summary["path"] = str(rec.save(out, model))

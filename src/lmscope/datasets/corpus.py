@@ -136,11 +136,15 @@ class TokenWindows:
         mask = self.mask if rows is None else self.mask[rows]
         return mask & (mask.long().cumsum(1) > self.n_prefix)
 
-    def batches(self, batch_size: int, device, *, start: int = 0) -> Iterator[tuple[Tensor, Batch, Tensor]]:
+    def batches(self, batch_size: int, device, *, start: int = 0, span: tuple[int, int] | None = None
+                ) -> Iterator[tuple[Tensor, Batch, Tensor]]:
         """(window indices [b], Batch, valid [b, cols]) chunks from batch number `start` on;
-        all-padding columns trimmed."""
-        for lo in range(start * batch_size, len(self), batch_size):
-            rows = torch.arange(lo, min(lo + batch_size, len(self)))
+        all-padding columns trimmed. `span` (lo, hi) restricts them to windows lo..hi-1 (a
+        shard; window indices stay those of the whole corpus)."""
+        first_row, end = span if span is not None else (0, len(self))
+        end = min(end, len(self))
+        for lo in range(first_row + start * batch_size, end, batch_size):
+            rows = torch.arange(lo, min(lo + batch_size, end))
             mask = self.mask[rows]
             first = int((mask.any(0)).long().argmax())  # first column holding a real token
             ids, mask = self.ids[rows, first:], mask[:, first:]

@@ -321,4 +321,8 @@ def load(
     if device_map is None:
         hf.to(_pick_device(device))
     hf.eval()
-    return Model(hf, tok, name=name, source=source, revision=revision, arch=arch)
+    model = Model(hf, tok, name=name, source=source, revision=revision, arch=arch)
+    # how to load this model again (the workers of a sharded job: engine.sharded)
+    model.load_args = {"spec": str(spec), "dtype": dtype, "device": device, "revision": revision,
+                       "device_map": device_map, "offload_folder": None if offload_folder is None else str(offload_folder)}
+    return model

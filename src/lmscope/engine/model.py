@@ -47,6 +47,7 @@ class Model:
         self.source = source
         self.revision = revision
         self.spec = arch if arch is not None else spec_for(hf)
+        self.load_args: dict | None = None  # set by engine.loading.load: how a worker loads it again
         self.weights = Weights(self)
         self._layers = get_module(hf, self.spec.layers)
         cfg = hf.config

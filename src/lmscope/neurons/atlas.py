@@ -46,6 +46,7 @@ from lmscope.engine.weights import perturbed_mlp
 log = logging.getLogger(__name__)
 
 KINDS = ("in_gate", "in_up", "out", "out_bottom")
+SEARCHES = ("exact", "approx")
 # kind -> which weight matrix it decodes
 _SOURCE = {"in_gate": "gate", "in_up": "up", "out": "out", "out_bottom": "out"}
 
@@ -61,6 +62,13 @@ class AtlasConfig:
         chunk_mib: Memory bound of one float32 score block `[chunk, d_vocab]`, in MiB.
         block: Width of the vocabulary blocks of the two-stage top-k (None: about
             sqrt(d_vocab / k), rounded to a power of two, which balances its two stages).
+        search: "exact" (the default: every token scored in float32) or "approx": candidates
+            from a low-rank score (each weight matrix's rows projected on their top `rank`
+            principal directions), then the best `candidates` of them rescored exactly. The
+            kept scores are exact; a token can be missed (recall is measured by
+            `benchmarks/bench_atlas.py approx`).
+        rank: Principal directions of the approximate search.
+        candidates: Tokens per neuron rescored exactly by the approximate search (>= k).
     """
 
     k: int = 20
@@ -68,6 +76,9 @@ class AtlasConfig:
     layers: tuple[int, ...] | None = None
     chunk_mib: int = 256
     block: int | None = None
+    search: str = "exact"
+    rank: int = 64
+    candidates: int = 256
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -77,6 +88,17 @@ class AtlasConfig:
             raise InputError(f"Unknown atlas kinds {bad or '(none)'}; choose from {', '.join(KINDS)}.")
         if self.chunk_mib < 1 or (self.block is not None and self.block < 1):
             raise InputError("chunk_mib and block must be positive.")
+        if self.search not in SEARCHES:
+            raise InputError(f"Unknown atlas search {self.search!r}; choose from {', '.join(SEARCHES)}.")
+        if self.rank < 1 or self.candidates < self.k:
+            raise InputError(f"The approximate search needs rank >= 1 and candidates >= k (k={self.k}); "
+                             f"got rank={self.rank}, candidates={self.candidates}.")
+
+    def describe(self) -> dict:
+        """How the tokens were searched (kept in the atlas's metadata)."""
+        if self.search == "exact":
+            return {"method": "exact"}
+        return {"method": "approx", "rank": self.rank, "candidates": self.candidates}
 
 
 @dataclass
@@ -90,6 +112,7 @@ class NeuronTopK:
             (descending; ascending for `out_bottom`).
         seconds: Wall time of the decoding.
         flops: Floating-point operations of its matmuls.
+        search: How the tokens were searched (`AtlasConfig.describe()`).
     """
 
     layers: tuple[int, ...]
@@ -97,6 +120,7 @@ class NeuronTopK:
     scores: dict[str, Tensor] = field(default_factory=dict)
     seconds: float = 0.0
     flops: float = 0.0
+    search: dict = field(default_factory=lambda: {"method": "exact"})
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -159,6 +183,27 @@ def topk_rows(x: Tensor, k: int, *, largest: bool = True, block: int | None = No
     return vals, idx.gather(1, j)
 
 
+def principal_basis(rows: Tensor, rank: int) -> Tensor:
+    """The top `rank` principal directions (uncentred) of `rows` [n, d]: [rank, d], orthonormal.
+    From the eigenvectors of the [d, d] Gram matrix, so it costs one small matmul."""
+    gram = rows.T.double() @ rows.double()
+    _, vecs = torch.linalg.eigh(gram)  # ascending eigenvalues
+    return vecs[:, -min(rank, rows.shape[1]):].flip(1).T.to(rows.dtype).contiguous()
+
+
+def rescore(rows: Tensor, tokens: Tensor, approx: Tensor, config: AtlasConfig, *, largest: bool = True
+            ) -> tuple[Tensor, Tensor]:
+    """The approximate search's second stage: the best `config.candidates` tokens of the
+    low-rank `approx` scores [n, V], scored exactly (rows [n, d] . their unembedding columns,
+    `tokens` [V, d] = W_U.T, contiguous), and their top `config.k`. Returns (values, ids)
+    [n, k], best first."""
+    _, cand = topk_rows(approx, min(config.candidates, approx.shape[1]), largest=largest, block=config.block)
+    cols = tokens[cand]  # [n, K, d]: the candidates' unembedding columns
+    exact = torch.bmm(cols, rows[:, :, None]).squeeze(2)  # [n, K]
+    v, j = exact.topk(config.k, dim=1, largest=largest)
+    return v, cand.gather(1, j)
+
+
 def chunk_rows(model: Model, config: AtlasConfig) -> int:
     """Neurons per matmul chunk: a float32 [chunk, d_vocab] block within `config.chunk_mib`."""
     return max(1, min(model.d_mlp, config.chunk_mib * 2**20 // (4 * model.d_vocab)))
@@ -178,12 +223,23 @@ def decode_layer(model: Model, layer: int, config: AtlasConfig = AtlasConfig(), 
         for src in dict.fromkeys(_SOURCE[k] for k in kinds):  # each matrix once: out feeds two kinds
             w = model.weights.W_out(layer) if src == "out" else model.weights.W_in(layer, src)
             rows = to_token_space(model, w)  # [d_mlp, d_model]
+            if config.search == "approx":
+                tokens = w_u.T.contiguous()  # [d_vocab, d_model]; a view when W_U is a transposed lm_head
+                basis = principal_basis(rows, config.rank)  # [r, d_model]
+                low = basis @ w_u  # [r, d_vocab]: the tokens in the rows' principal subspace
             for s in range(0, model.d_mlp, chunk):
                 part = rows[s : s + chunk]
-                scores = torch.mm(part, w_u, out=buf[: len(part)])  # [chunk, d_vocab]
+                if config.search == "approx":
+                    scores = torch.mm(part @ basis.T, low, out=buf[: len(part)])  # low-rank scores
+                else:
+                    scores = torch.mm(part, w_u, out=buf[: len(part)])  # [chunk, d_vocab]
                 for kind in kinds:
                     if _SOURCE[kind] == src:
-                        v, i = topk_rows(scores, config.k, largest=kind != "out_bottom", block=config.block)
+                        largest = kind != "out_bottom"
+                        if config.search == "approx":
+                            v, i = rescore(part, tokens, scores, config, largest=largest)
+                        else:
+                            v, i = topk_rows(scores, config.k, largest=largest, block=config.block)
                         out[kind][0].append(i)
                         out[kind][1].append(v)
                 if _on_chunk is not None:
@@ -219,7 +275,9 @@ def decode_model(model: Model, config: AtlasConfig = AtlasConfig(), *, progress:
     buf = torch.empty(chunk_rows(model, config), model.d_vocab, device=model.device)  # reused: no page faults per chunk
     n_mats = len({_SOURCE[k] for k in kinds})
     n_rows = len(layers) * n_mats * model.d_mlp  # one weight row (or column) per neuron and matrix
-    res = NeuronTopK(layers=layers, flops=2.0 * len(layers) * n_mats * model.d_mlp * model.d_model * model.d_vocab)
+    inner = model.d_model if config.search == "exact" else min(config.rank, model.d_model)
+    res = NeuronTopK(layers=layers, flops=2.0 * len(layers) * n_mats * model.d_mlp * inner * model.d_vocab,
+                     search=config.describe())
     per: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
     bar = tqdm(total=n_rows, desc=f"atlas {model.name}", disable=not progress, unit="row", unit_scale=True)
 
@@ -291,12 +349,49 @@ def decode_neuron(model: Model, layer: int, neuron: int, k: int = 10) -> dict[st
     return {kind: res[kind] for kind in KINDS}
 
 
+@dataclass
+class AtlasTask:
+    """The atlas as a sharded job (`lmscope.engine.sharded`): one shard per layer, holding the
+    layer's top-k ids and scores of every kind; `merge` stacks them in layer order into the
+    `NeuronTopK` that `decode_model` returns."""
+
+    config: AtlasConfig
+    layers: tuple[int, ...]
+    kind: str = "atlas"
+
+    def identity(self) -> dict:
+        c = self.config
+        return {"k": c.k, "kinds": list(c.kinds), "layers": list(self.layers), "search": c.describe()}
+
+    def plan(self) -> list[dict]:
+        return [{"layer": L} for L in self.layers]
+
+    def run(self, model: Model, shard: dict) -> dict[str, Tensor]:
+        out = {}
+        for kind, (i, v) in decode_layer(model, shard["layer"], self.config).items():
+            out[f"{kind}.ids"], out[f"{kind}.scores"] = i, v
+        return out
+
+    def merge(self, model: Model, done) -> NeuronTopK:
+        kinds = _kinds_for(model, self.config.kinds)
+        n_mats = len({_SOURCE[k] for k in kinds})
+        inner = model.d_model if self.config.search == "exact" else min(self.config.rank, model.d_model)
+        res = NeuronTopK(layers=self.layers, seconds=sum(done.shard_seconds), search=self.config.describe(),
+                         flops=2.0 * len(self.layers) * n_mats * model.d_mlp * inner * model.d_vocab)
+        parts = [t for _, t in done]
+        for kind in kinds:
+            res.ids[kind] = torch.stack([t[f"{kind}.ids"] for t in parts])
+            res.scores[kind] = torch.stack([t[f"{kind}.scores"] for t in parts]).float()
+        return res
+
+
 def build_atlas(model: Model, config: AtlasConfig = AtlasConfig(), *, path: str | Path | None = None,
-                progress: bool = False, notify: Callable[[str], None] | None = None):
+                progress: bool = False, notify: Callable[[str], None] | None = None, shards=None):
     """Decode the model and write the SQLite atlas (atomically). Returns the open `Atlas`.
 
     `progress` shows a tqdm bar; `notify` receives status lines (where, how long) for a
-    person to read (see `decode_model`)."""
+    person to read (see `decode_model`). `shards` (`lmscope.engine.sharded.ShardOptions`)
+    decodes the layers as a resumable sharded job, in this process or on Ray workers."""
     from lmscope.neurons.atlas_db import Atlas, default_path, write_atlas
 
     path = Path(path) if path is not None else default_path(model)
@@ -304,7 +399,13 @@ def build_atlas(model: Model, config: AtlasConfig = AtlasConfig(), *, path: str 
     if notify is not None:
         notify(f"atlas: decoding {n_layers} layers x {model.d_mlp} neurons of {model.name} through the LM head "
                f"({', '.join(_kinds_for(model, config.kinds))}) into {path}")
-    table = decode_model(model, config, progress=progress, notify=notify)
+    if shards is not None:
+        from lmscope.engine.sharded import run_sharded
+
+        task = AtlasTask(config, _layers(model, config.layers))
+        table = task.merge(model, run_sharded(model, task, shards, progress=progress))
+    else:
+        table = decode_model(model, config, progress=progress, notify=notify)
     if notify is not None:
         notify(f"atlas: decoded in {table.seconds:.0f} s; writing the SQLite file {path}")
     write_atlas(path, model, table)

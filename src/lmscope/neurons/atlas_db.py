@@ -154,7 +154,7 @@ def write_atlas(path: str | Path, model: Model, table: NeuronTopK) -> Path:
                 con.executemany("INSERT INTO neuron_fts(rowid, tokens) VALUES (?,?)",
                                 zip(keys.flatten().tolist(), docs))
             meta = {**_model_meta(model), "k": k, "kinds": kinds, "layers": list(table.layers),
-                    "decode_seconds": table.seconds, "flops": table.flops,
+                    "decode_seconds": table.seconds, "flops": table.flops, "search": table.search,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             meta["write_seconds"] = time.perf_counter() - t0
             con.executemany("INSERT INTO meta VALUES (?,?)", [(key, json.dumps(v)) for key, v in meta.items()])

@@ -15,6 +15,7 @@ dose-response) in `lmscope.neurons.causal`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ from lmscope.engine.grammar import parse_neurons as parse_neuron_spec
 from lmscope.engine.model import Model
 from lmscope.engine.progress import bar as progress_bar
 from lmscope.engine.results import Result, Table
+from lmscope.engine.sharded import ShardOptions
 from lmscope.engine.sites import Site
 from lmscope.neurons.stats import NeuronStats, TopContexts
 
@@ -85,6 +87,7 @@ class RecordConfig:
         after: Context tokens kept after it.
         octave_bins: Histogram bins per power of two (a power of two; 16 -> 801 bins per neuron,
             3.1-6.3% wide; memory n_neurons x 801 x 4 bytes).
+        shard_tokens: About this many tokens per shard of a sharded run (whole batches).
     """
 
     window: int = 64
@@ -94,9 +97,10 @@ class RecordConfig:
     before: int = 12
     after: int = 4
     octave_bins: int = 16
+    shard_tokens: int = 32768
 
     def __post_init__(self) -> None:
-        for name in ("window", "batch_size", "top_k", "octave_bins"):
+        for name in ("window", "batch_size", "top_k", "octave_bins", "shard_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"RecordConfig.{name} must be at least 1, got {getattr(self, name)}.")
         if self.before < 0 or self.after < 0:
@@ -197,6 +201,7 @@ class NeuronRecording(Result):
             "model": self.model, "sites": list(self.sites), "n_neurons": sum(len(r.units) for r in self.sites.values()),
             "n_tokens": self.n_tokens, "n_windows": self.n_windows, "seconds": round(self.seconds, 3),
             "tokens_per_s": round(self.tokens_per_s, 1), "corpus": self.corpus, "config": asdict(self.config),
+            **({"job": self.extra["job"]} if "job" in self.extra else {}),
         }
 
     def to_dict(self) -> dict:
@@ -254,6 +259,7 @@ def record(
     *,
     config: RecordConfig = RecordConfig(),  # noqa: B008 - frozen
     progress: bool = False,
+    shards: ShardOptions | None = None,
 ) -> NeuronRecording:
     """Record neuron activations over a corpus into streaming statistics and top contexts.
 
@@ -264,7 +270,9 @@ def record(
         corpus: Texts, a file/directory (see `lmscope.datasets.corpus`), prepared `TokenWindows`, or
             None for the shipped corpus.
         config: Window size, batch size, token budget, top-k and histogram settings.
-        progress: Show a tqdm progress bar (tokens).
+        progress: Show a tqdm progress bar (tokens; shards for a sharded run).
+        shards: Run as a sharded job (`lmscope.engine.sharded.ShardOptions`: a folder,
+            in-process or on Ray workers, resumable); None: one pass in this process.
 
     Returns:
         A `NeuronRecording`; memory is O(neurons x (bins + top_k x context)), not O(tokens).
@@ -282,23 +290,97 @@ def record(
         desc = str(corpus) if isinstance(corpus, str | os.PathLike) else ("shipped corpus" if corpus is None
                                                                            else f"{len(corpus)} texts")
         windows = token_windows(model, read_texts(corpus), window=config.window, max_tokens=config.max_tokens)
-    dev = model.device
+    if shards is not None:
+        return _record_sharded(model, resolved, windows, config, desc, shards, progress)
+    t0 = time.perf_counter()
+    with progress_bar(total=windows.n_tokens, unit="tok", desc="record", show=progress) as bar:
+        recs = _record_span(model, resolved, windows, config, None, bar)
+    seconds = time.perf_counter() - t0
+    log.info("Recorded %d tokens in %.1f s", windows.n_tokens, seconds)
+    return NeuronRecording(model.name, config, recs, windows.n_tokens, len(windows), seconds, desc)
+
+
+def _empty_records(model: Model, resolved: Sequence[Site], config: RecordConfig, device) -> dict[str, SiteRecord]:
     recs = {}
     for s in resolved:
         units = torch.tensor(s.units) if s.units is not None else torch.arange(model.d_mlp)
         recs[s.name] = SiteRecord(
-            s, units, NeuronStats(len(units), octave_bins=config.octave_bins, device=dev),
-            TopContexts(len(units), k=config.top_k, before=config.before, after=config.after, device=dev))
-    t0 = time.perf_counter()
-    with progress_bar(total=windows.n_tokens, unit="tok", desc="record", show=progress) as bar:
-        for rows, batch, valid in windows.batches(config.batch_size, dev):
-            res = model.run(batch, capture=list(recs), positions="all", logits=None)
-            ids = batch.input_ids
-            for name, rec in recs.items():
-                x = res.cache[name]  # [b, t, n]
-                rec.stats.update(x[valid].float())
-                rec.top.update(x, valid, ids, rows)
+            s, units, NeuronStats(len(units), octave_bins=config.octave_bins, device=device),
+            TopContexts(len(units), k=config.top_k, before=config.before, after=config.after, device=device))
+    return recs
+
+
+def _record_span(model: Model, resolved: Sequence[Site], windows: TokenWindows, config: RecordConfig,
+                 span: tuple[int, int] | None, bar=None) -> dict[str, SiteRecord]:
+    """Statistics and top contexts of windows span[0]..span[1]-1 (None: all)."""
+    recs = _empty_records(model, resolved, config, model.device)
+    for rows, batch, valid in windows.batches(config.batch_size, model.device, span=span):
+        res = model.run(batch, capture=list(recs), positions="all", logits=None)
+        ids = batch.input_ids
+        for name, rec in recs.items():
+            x = res.cache[name]  # [b, t, n]
+            rec.stats.update(x[valid].float())
+            rec.top.update(x, valid, ids, rows)
+        if bar is not None:
             bar.update(int(valid.sum()))
-    seconds = time.perf_counter() - t0
-    log.info("Recorded %d tokens in %.1f s", windows.n_tokens, seconds)
-    return NeuronRecording(model.name, config, recs, windows.n_tokens, len(windows), seconds, desc)
+    return recs
+
+
+@dataclass
+class RecordTask:
+    """A recording as a sharded job (`lmscope.engine.sharded`): shards are runs of consecutive
+    windows (a whole number of batches, so every forward is the one an unsharded run does),
+    each writing its statistics and top contexts at full precision; `merge` adds them up."""
+
+    sites: list[str]
+    windows: TokenWindows
+    config: RecordConfig
+    kind: str = "neuron_recording"
+
+    def identity(self) -> dict:
+        h = hashlib.sha256(self.windows.ids.numpy().tobytes())
+        h.update(self.windows.mask.numpy().tobytes())
+        return {"sites": self.sites, "config": asdict(self.config), "windows": h.hexdigest()[:16],
+                "n_windows": len(self.windows)}
+
+    def plan(self) -> list[dict]:
+        width = self.windows.ids.shape[1] - self.windows.n_prefix
+        per = max(1, self.config.shard_tokens // max(width, 1) // self.config.batch_size) * self.config.batch_size
+        n = len(self.windows)
+        return [{"lo": lo, "hi": min(lo + per, n)} for lo in range(0, n, per)]
+
+    def _resolved(self, model: Model) -> list[Site]:
+        return [s for name in self.sites for s in model.sites(name)]
+
+    def run(self, model: Model, shard: dict) -> dict[str, Tensor]:
+        recs = _record_span(model, self._resolved(model), self.windows, self.config, (shard["lo"], shard["hi"]))
+        out = {}
+        for i, rec in enumerate(recs.values()):
+            for k, t in {**rec.stats.exact_state(), **rec.top.exact_state()}.items():
+                out[f"s{i}.{k}"] = t
+        return out
+
+    def merge(self, model: Model, done, corpus: str = "") -> NeuronRecording:
+        """The recording of the whole corpus from the job's shards (`ShardSet`), in plan order."""
+        recs = _empty_records(model, self._resolved(model), self.config, model.device)
+        c = self.config
+        for _, t in done:
+            for i, rec in enumerate(recs.values()):
+                sub = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith(f"s{i}.")}
+                rec.stats.merge(NeuronStats.from_exact_state(sub, octave_bins=c.octave_bins, device=model.device))
+                rec.top.merge(TopContexts.from_exact_state(sub, before=c.before, after=c.after, device=model.device))
+        extra = {"job": {"folder": str(done.folder), "shards": len(done), "ran": done.ran,
+                         "shard_seconds": round(sum(done.shard_seconds), 3)}}
+        return NeuronRecording(model.name, self.config, recs, self.windows.n_tokens, len(self.windows), done.seconds,
+                               corpus, extra)
+
+
+def _record_sharded(model, resolved, windows, config, desc, shards, progress) -> NeuronRecording:
+    from lmscope.engine.sharded import run_sharded
+
+    task = RecordTask([s.name for s in resolved], windows, config)
+    t0 = time.perf_counter()
+    done = run_sharded(model, task, shards, progress=progress)
+    rec = task.merge(model, done, desc)
+    rec.seconds = time.perf_counter() - t0
+    return rec

@@ -150,6 +150,41 @@ class NeuronStats:
     def meta(self) -> dict:
         return {"count": self.count, "octave_bins": self.octave_bins, "e_min": self.e_min, "e_max": self.e_max}
 
+    def exact_state(self) -> dict[str, Tensor]:
+        """Every accumulator at its own precision (float64 moments, integer counts), on the CPU:
+        a shard of a sharded recording, merged exactly by `merge`."""
+        return {"count": torch.tensor([self.count], dtype=torch.int64), "mean": self.mean.cpu(), "m2": self.m2.cpu(),
+                "n_pos": self.n_pos.cpu(), "max": self.max.cpu(), "min": self.min.cpu(), "hist": self.hist.cpu()}
+
+    @classmethod
+    def from_exact_state(cls, t: dict[str, Tensor], *, octave_bins: int, e_min: int = -12, e_max: int = 13,
+                         device="cpu") -> NeuronStats:
+        s = cls(t["mean"].shape[0], octave_bins=octave_bins, e_min=e_min, e_max=e_max, device=device)
+        s.count = int(t["count"][0])
+        s.mean, s.m2 = t["mean"].to(device, torch.float64), t["m2"].to(device, torch.float64)
+        s.n_pos, s.hist = t["n_pos"].to(device, torch.int64), t["hist"].to(device, torch.int32)
+        s.max, s.min = t["max"].to(device, torch.float32), t["min"].to(device, torch.float32)
+        return s
+
+    def merge(self, other: NeuronStats) -> NeuronStats:
+        """Add another recording of the same neurons (Chan et al.'s pairwise update of the
+        moments; counts, extremes and histograms add exactly). Returns self."""
+        if (other.n, other.n_bins, other.e_min) != (self.n, self.n_bins, self.e_min):
+            raise ValueError("Cannot merge statistics of different neurons or histogram grids.")
+        if other.count == 0:
+            return self
+        n_a, n_b = self.count, other.count
+        tot = n_a + n_b
+        delta = other.mean.to(self.mean.device) - self.mean
+        self.mean = self.mean + delta * (n_b / tot)
+        self.m2 = self.m2 + other.m2.to(self.m2.device) + delta.pow(2) * (n_a * n_b / tot)
+        self.count = tot
+        self.n_pos = self.n_pos + other.n_pos.to(self.n_pos.device)
+        self.max = torch.maximum(self.max, other.max.to(self.max.device))
+        self.min = torch.minimum(self.min, other.min.to(self.min.device))
+        self.hist = self.hist + other.hist.to(self.hist.device)
+        return self
+
     @classmethod
     def from_state(cls, t: dict[str, Tensor], meta: dict) -> NeuronStats:
         n = t["mean"].shape[0]
@@ -227,6 +262,29 @@ class TopContexts:
 
     def meta(self) -> dict:
         return {"k": self.k, "before": self.before, "after": self.after}
+
+    def exact_state(self) -> dict[str, Tensor]:
+        """The buffers as they are, on the CPU (a shard of a sharded recording; see `merge`)."""
+        return {"top_vals": self.vals.cpu(), "top_window": self.window.cpu(), "top_pos": self.pos.cpu(),
+                "top_ids": self.ids.cpu(), "top_acts": self.acts.cpu()}
+
+    @classmethod
+    def from_exact_state(cls, t: dict[str, Tensor], *, before: int, after: int, device="cpu") -> TopContexts:
+        k, n = t["top_vals"].shape
+        s = cls(n, k=k, before=before, after=after, device=device)
+        s.vals, s.window, s.pos = (t[f"top_{x}"].to(device) for x in ("vals", "window", "pos"))
+        s.ids, s.acts = t["top_ids"].to(device), t["top_acts"].to(device)
+        return s
+
+    def merge(self, other: TopContexts) -> TopContexts:
+        """Keep the k best windows of both (window indices are global, so shards of one corpus
+        merge into what one pass over it keeps). Returns self."""
+        if (other.n, other.k, other.before, other.after) != (self.n, self.k, self.before, self.after):
+            raise ValueError("Cannot merge top contexts of different neurons or context sizes.")
+        dev = self.vals.device
+        self._merge(torch.arange(self.n, device=dev), other.vals.to(dev), other.window.to(dev), other.pos.to(dev),
+                    other.ids.to(dev), other.acts.to(dev))
+        return self
 
     @classmethod
     def from_state(cls, t: dict[str, Tensor], meta: dict) -> TopContexts:

@@ -97,11 +97,13 @@ def drop_massive(chunk: Chunk) -> Chunk:
 
 
 def window_chunks(model: Model, windows: TokenWindows, sites: Sequence[str], *, batch_windows: int = 16,
-                  start: int = 0) -> Iterator[tuple[int, Chunk]]:
-    """(index of the next window batch, chunk) for window batches from `start` on: one forward
-    each, capture only, stopping after the last layer the sites need."""
+                  start: int = 0, span: tuple[int, int] | None = None) -> Iterator[tuple[int, Chunk]]:
+    """(index of the next window batch, chunk) for window batches from `start` on (within the
+    windows `span`, default all): one forward each, capture only, stopping after the last layer
+    the sites need."""
     sites = list(sites)
-    for b, (_, batch, valid) in enumerate(windows.batches(batch_windows, model.device, start=start), start):
+    for b, (_, batch, valid) in enumerate(windows.batches(batch_windows, model.device, start=start, span=span),
+                                          start):
         valid = dictionary_positions(valid, windows.n_prefix)
         res = model.run(batch, capture=sites, logits=None)
         yield b + 1, {s: res.cache[s][valid].float() for s in sites}
@@ -234,7 +236,7 @@ class ActivationCache:
 def build_cache(model: Model, texts: Sequence[str], sites: Sequence[str], *, path: str | Path | None = None,
                 window: int = 128, max_tokens: int | None = None, dtype: str = "float16",
                 shard_tokens: int = 65536, batch_windows: int = 16, text_label: str = "",
-                progress: bool = False) -> ActivationCache:
+                progress: bool = False, shards=None) -> ActivationCache:
     """Run the model once over `texts` and write the activations of `sites` as shards.
 
     An existing complete cache for the same key is reused as it is (no model run).
@@ -251,11 +253,18 @@ def build_cache(model: Model, texts: Sequence[str], sites: Sequence[str], *, pat
         batch_windows: Windows per forward.
         text_label: What the text is, recorded in the manifest.
         progress: Show a progress bar.
+        shards: Build it as a resumable sharded job (`lmscope.engine.sharded.ShardOptions`: in
+            this process or on Ray workers) into `shards.folder`; its shards are the cache's
+            (about `shard_tokens` rows each, whole window batches).
     """
     if dtype not in ("float16", "float32"):
         raise InputError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
     sites = [s.name for spec in sites for s in model.sites(spec)]
     key = cache_key(model, sites, texts, window=window, max_tokens=max_tokens, dtype=dtype)
+    if shards is not None:
+        if path is not None and Path(path).resolve() != Path(shards.folder).resolve():
+            raise InputError("A sharded cache is written into its job folder: pass path=None or the same folder.")
+        path = Path(shards.folder)
     path = Path(path) if path is not None else default_cache_path(model, key)
     if (path / MANIFEST).is_file():
         cache = ActivationCache(path)
@@ -264,11 +273,27 @@ def build_cache(model: Model, texts: Sequence[str], sites: Sequence[str], *, pat
             return cache
         raise ArtifactError(f"{path} holds another activation cache (other model, sites or text); "
                             "pick another folder or delete it.")
-    path.mkdir(parents=True, exist_ok=True)
     widths = {s: site_width(model, s) for s in sites}
     windows = token_windows(model, texts, window=window, max_tokens=max_tokens)
+    t0 = time.perf_counter()
+    manifest = {
+        "format": FORMAT, "version": 1, "key": key, "model": model.name, "model_source": model.source,
+        "sites": sites, "d": widths, "dtype": dtype,
+        "text": text_label or f"{len(texts)} documents", "n_documents": len(texts), "window": window,
+    }
+    if shards is not None:
+        from lmscope.engine.sharded import run_sharded, shard_name
+
+        done = run_sharded(model, ActivationTask(sites, windows, dtype, batch_windows, shard_tokens), shards,
+                           progress=progress)
+        files = [{"file": shard_name(i), "n": done.rows(i, sites[0])} for i in range(len(done))]
+        manifest |= {"n_tokens": sum(f["n"] for f in files), "shards": files, "job": "job.json",
+                     "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write(path / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+        return ActivationCache(path)
+    path.mkdir(parents=True, exist_ok=True)
     tdtype = getattr(torch, dtype)
-    shards, pending, t0 = [], {s: [] for s in sites}, time.perf_counter()
+    files, pending = [], {s: [] for s in sites}
 
     def flush(final: bool) -> None:
         n = sum(x.shape[0] for x in pending[sites[0]])
@@ -279,9 +304,9 @@ def build_cache(model: Model, texts: Sequence[str], sites: Sequence[str], *, pat
             for s, x in out.items():
                 if not torch.isfinite(x).all():
                     raise InputError(f"Activations of {s} overflow {dtype}; build the cache with dtype='float32'.")
-            name = f"shard-{len(shards):05d}.safetensors"
+            name = f"shard-{len(files):05d}.safetensors"
             atomic_write(path / name, lambda tmp, out=out: save_file(out, str(tmp)))
-            shards.append({"file": name, "n": take})
+            files.append({"file": name, "n": take})
             for s in sites:
                 pending[s] = [cat[s][take:]]
             n -= take
@@ -295,14 +320,47 @@ def build_cache(model: Model, texts: Sequence[str], sites: Sequence[str], *, pat
             pending[s].append(chunk[s].cpu())
         flush(final=False)
     flush(final=True)
-    manifest = {
-        "format": FORMAT, "version": 1, "key": key, "model": model.name, "model_source": model.source,
-        "sites": sites, "d": widths, "dtype": dtype, "n_tokens": sum(s["n"] for s in shards), "shards": shards,
-        "text": text_label or f"{len(texts)} documents", "n_documents": len(texts), "window": window,
-        "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    manifest |= {"n_tokens": sum(s["n"] for s in files), "shards": files,
+                 "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write(path / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
     return ActivationCache(path)
+
+
+@dataclass
+class ActivationTask:
+    """An activation cache as a sharded job (`lmscope.engine.sharded`): each shard runs whole
+    window batches and writes their rows of every site, in the cache's dtype; the job's shard
+    files are the cache's shards."""
+
+    sites: list[str]
+    windows: TokenWindows
+    dtype: str
+    batch_windows: int
+    shard_tokens: int
+    kind: str = "activations"
+
+    def identity(self) -> dict:
+        h = hashlib.sha256(self.windows.ids.numpy().tobytes())
+        h.update(self.windows.mask.numpy().tobytes())
+        return {"sites": self.sites, "dtype": self.dtype, "windows": h.hexdigest()[:16],
+                "n_windows": len(self.windows), "batch_windows": self.batch_windows}
+
+    def plan(self) -> list[dict]:
+        width = self.windows.ids.shape[1] - self.windows.n_prefix
+        per = max(1, self.shard_tokens // max(width, 1) // self.batch_windows) * self.batch_windows
+        return [{"lo": lo, "hi": min(lo + per, len(self.windows))} for lo in range(0, len(self.windows), per)]
+
+    def run(self, model: Model, shard: dict) -> dict[str, Tensor]:
+        parts: dict[str, list[Tensor]] = {s: [] for s in self.sites}
+        for _, chunk in window_chunks(model, self.windows, self.sites, batch_windows=self.batch_windows,
+                                      span=(shard["lo"], shard["hi"])):
+            for s in self.sites:
+                parts[s].append(chunk[s].cpu())
+        out = {s: torch.cat(parts[s]).to(getattr(torch, self.dtype)).contiguous() for s in self.sites}
+        for s, x in out.items():
+            if not torch.isfinite(x).all():
+                raise InputError(f"Activations of {s} overflow {self.dtype}; build the cache with dtype='float32'.")
+        return out
 
 
 class TensorSource:
