@@ -1,7 +1,8 @@
 """Sharded jobs: neuron recording and atlas building in one process, as a local sharded job, and
 on 1 and 2 local Ray workers, measured side by side in one run.
 
-    python benchmarks/bench_sharded.py [--model smollm2-135m-instruct] [--tokens 16384] [--threads 2]
+    python benchmarks/bench_sharded.py [--model smollm2-135m-instruct] [--tokens 32768] [--shard-tokens 8192]
+                                       [--threads 2] [--what recording,atlas]
 
 Rows:
     plain        the family function without a job (`record(...)`, `decode_model(...)`)
@@ -40,23 +41,26 @@ def _check_recording(a, b) -> None:
         torch.testing.assert_close(x.mean, y.mean, rtol=1e-6, atol=1e-6)
 
 
-def bench(model_name: str, tokens: int, threads: int, workers: list[int]) -> dict:
+def bench(model_name: str, tokens: int, threads: int, workers: list[int], shard_tokens: int,
+          what: tuple[str, ...]) -> dict:
     torch.set_num_threads(threads)
     model = ls.load(model_name, quiet=True)
     texts = read_texts(None)
-    cfg = RecordConfig(max_tokens=tokens, shard_tokens=max(1024, tokens // 8))
+    cfg = RecordConfig(max_tokens=tokens, shard_tokens=shard_tokens)
     windows = token_windows(model, texts, window=cfg.window, max_tokens=tokens)
     sites = [s.name for s in model.sites("layers.*.mlp.neurons")]
     acfg = AtlasConfig(k=20)
     out = {"model": model_name, "tokens": windows.n_tokens, "threads": threads, "recording": [], "atlas": []}
     tmp = Path(tempfile.mkdtemp(prefix="lmscope-bench-sharded-"))
 
-    t = time.perf_counter()
-    plain = record(model, sites, windows, config=cfg)
-    out["recording"].append({"run": "plain", "seconds": time.perf_counter() - t})
-    t = time.perf_counter()
-    table = decode_model(model, acfg)
-    out["atlas"].append({"run": "plain", "seconds": time.perf_counter() - t})
+    if "recording" in what:
+        t = time.perf_counter()
+        plain = record(model, sites, windows, config=cfg)
+        out["recording"].append({"run": "plain", "seconds": time.perf_counter() - t})
+    if "atlas" in what:
+        t = time.perf_counter()
+        table = decode_model(model, acfg)
+        out["atlas"].append({"run": "plain", "seconds": time.perf_counter() - t})
 
     rtask = RecordTask(sites, windows, cfg)
     atask = AtlasTask(acfg, tuple(range(model.n_layers)))
@@ -69,8 +73,10 @@ def bench(model_name: str, tokens: int, threads: int, workers: list[int]) -> dic
 
             if ray.is_initialized():
                 ray.shutdown()
-        for what, task, check in (("recording", rtask, "rec"), ("atlas", atask, "atlas")):
-            o = dataclasses.replace(opts, folder=Path(opts.folder) / what)
+        for name, task, check in (("recording", rtask, "rec"), ("atlas", atask, "atlas")):
+            if name not in what:
+                continue
+            o = dataclasses.replace(opts, folder=Path(opts.folder) / name)
             t = time.perf_counter()
             done = run_sharded(model, task, o)
             merged = task.merge(model, done)
@@ -80,13 +86,13 @@ def bench(model_name: str, tokens: int, threads: int, workers: list[int]) -> dic
             else:
                 for kind in table.kinds:
                     assert torch.equal(merged.ids[kind], table.ids[kind]), kind
-            out[what].append({"run": label, "seconds": sec, "shards": len(done),
+            out[name].append({"run": label, "seconds": sec, "shards": len(done),
                               "busy_seconds": sum(done.shard_seconds)})
-    for what in ("recording", "atlas"):
-        base = out[what][0]["seconds"]
-        for r in out[what]:
+    for name in what:
+        base = out[name][0]["seconds"]
+        for r in out[name]:
             r["vs_plain"] = r["seconds"] / base
-            if what == "recording":
+            if name == "recording":
                 r["tokens_per_s"] = windows.n_tokens / r["seconds"]
     return out
 
@@ -94,24 +100,28 @@ def bench(model_name: str, tokens: int, threads: int, workers: list[int]) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--shard-tokens", type=int, default=8192, help="RecordConfig.shard_tokens")
+    ap.add_argument("--what", default="recording,atlas")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    res = bench(a.model, a.tokens, a.threads, [int(x) for x in a.workers.split(",")])
+    what = tuple(a.what.split(","))
+    res = bench(a.model, a.tokens, a.threads, [int(x) for x in a.workers.split(",") if x], a.shard_tokens, what)
     if a.json:
         print(json.dumps(res, indent=1))
         return
-    print(f"{res['model']}: {res['tokens']} tokens, {a.threads} threads on this machine")
-    for what in ("recording", "atlas"):
-        print(f"  {what}")
+    print(f"{res['model']}: {res['tokens']} tokens, {a.threads} threads on this machine, "
+          f"shard_tokens {a.shard_tokens}")
+    for name in what:
+        print(f"  {name}")
         print(f"    {'run':10} {'seconds':>8} {'vs plain':>8} {'shards':>6} {'in shards s':>11}"
-              + (f" {'tokens/s':>9}" if what == "recording" else ""))
-        for r in res[what]:
+              + (f" {'tokens/s':>9}" if name == "recording" else ""))
+        for r in res[name]:
             print(f"    {r['run']:10} {r['seconds']:8.1f} {r['vs_plain']:7.3f}x {r.get('shards', ''):>6} "
                   f"{r.get('busy_seconds', float('nan')):11.1f}"
-                  + (f" {r['tokens_per_s']:9.0f}" if what == "recording" else ""))
+                  + (f" {r['tokens_per_s']:9.0f}" if name == "recording" else ""))
 
 
 if __name__ == "__main__":

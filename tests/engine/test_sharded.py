@@ -314,3 +314,42 @@ def test_sharded_activation_cache_equals_one_pass(model, tmp_path):
     assert again.manifest["job"] == MANIFEST and again.n_tokens == one.n_tokens
     assert build_cache(model, texts, sites, window=24, dtype="float32", shard_tokens=100, batch_windows=4,
                        shards=ShardOptions(folder=tmp_path / "job")).n_tokens == one.n_tokens  # reused
+
+
+def test_cli_record_and_atlas_as_jobs(tiny_load, tmp_path):
+    from click.testing import CliRunner
+
+    from lmscope.cli.main import cli
+
+    args = ["neuron", "record", "tiny", "--layers", "0,1", "--max-tokens", "300", "--window", "16",
+            "--batch-size", "2", "--shard-tokens", "60", "--job", str(tmp_path / "rec"), "--json"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout)["job"]
+    assert job["shards"] >= 3 and job["ran"] == job["shards"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and json.loads(r.stdout)["job"]["ran"] == 0  # resumed: nothing left
+    r = CliRunner().invoke(cli, ["atlas", "build", "tiny", "--k", "3", "--out", str(tmp_path / "a.sqlite"),
+                                 "--job", str(tmp_path / "atlas"), "--search", "approx", "--rank", "8",
+                                 "--candidates", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["search"] == {"method": "approx", "rank": 8, "candidates": 16}
+    r = CliRunner().invoke(cli, ["neuron", "record", "tiny", "--backend", "ray", "--workers", "2"])
+    assert r.exit_code == 2 and "need --job DIR" in r.output
+
+
+@pytest.mark.slow
+def test_gemma_recording_on_two_ray_workers_equals_one_pass(ray_local, gemma, tmp_path):
+    from lmscope.datasets.corpus import read_texts
+
+    cfg = RecordConfig(max_tokens=1536, window=64, batch_size=8, shard_tokens=400, top_k=5)
+    sites = ["layers.3.mlp.neurons", "layers.9.mlp.neurons[0,5,1624]"]
+    texts = read_texts(None)
+    one = record(gemma, sites, texts, config=cfg)
+    job = record(gemma, sites, texts, config=cfg,
+                 shards=ShardOptions(folder=tmp_path / "job", backend="ray", workers=2))
+    assert job.extra["job"]["shards"] >= 3
+    pids = _worker_pids(tmp_path / "job")
+    assert len(pids) == 2 and os.getpid() not in pids  # two actors did the work, not this process
+    _same_recording(one, job, exact_moments=False)
+    assert job.neuron_stats(9, 1624)["max"] == one.neuron_stats(9, 1624)["max"]

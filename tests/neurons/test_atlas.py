@@ -22,10 +22,12 @@ from lmscope.neurons.atlas import (
     AtlasConfig,
     build_atlas,
     compare_atlases,
+    decode_layer,
     decode_model,
     decode_neuron,
     is_gated,
     perturb_mlp,
+    to_token_space,
     topk_rows,
 )
 from lmscope.neurons.atlas_db import Atlas, normalize_token, query_variants
@@ -374,3 +376,40 @@ def test_search_on_a_built_atlas_reads_only_the_file(monkeypatch, tmp_path):
             f"a = Atlas.open(default_path({model.name!r})); a.search({word!r}); "
             "assert 'torch' not in sys.modules, 'searching imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "LMSCOPE_CACHE": str(tmp_path)})
+
+
+# ---- the approximate search ------------------------------------------------------------------
+
+def _recall(exact, approx) -> float:
+    return (exact[..., :, None] == approx[..., None, :]).any(-1).float().mean().item()
+
+
+def test_approx_with_full_rank_equals_exact_and_keeps_exact_scores(tiny):
+    exact = decode_model(tiny, AtlasConfig(k=5))
+    full = decode_model(tiny, AtlasConfig(k=5, search="approx", rank=tiny.d_model, candidates=20))
+    assert full.search == {"method": "approx", "rank": tiny.d_model, "candidates": 20}
+    for kind in exact.kinds:
+        assert torch.equal(full.ids[kind], exact.ids[kind]), kind
+        torch.testing.assert_close(full.scores[kind], exact.scores[kind], rtol=1e-5, atol=1e-5)
+    low = decode_model(tiny, AtlasConfig(k=5, search="approx", rank=1, candidates=5))
+    assert _recall(exact.ids["out"], low.ids["out"]) < 0.9  # one direction is a real approximation
+    for layer in (0, tiny.n_layers - 1):  # ... whose kept scores are still the exact scores of its tokens
+        direct = to_token_space(tiny, tiny.weights.W_out(layer)) @ tiny.weights.W_U.detach().float()
+        torch.testing.assert_close(low.scores["out"][layer], direct.gather(1, low.ids["out"][layer]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_approx_config_is_validated():
+    with pytest.raises(ls.InputError, match="search"):
+        AtlasConfig(search="fast")
+    with pytest.raises(ls.InputError, match="candidates >= k"):
+        AtlasConfig(k=20, search="approx", candidates=10)
+
+
+@pytest.mark.slow
+def test_approx_recall_on_gemma(gemma, tmp_path):
+    layer = gemma.n_layers // 2
+    exact = decode_layer(gemma, layer, AtlasConfig(k=10, kinds=("in_up", "out")))
+    approx = decode_layer(gemma, layer, AtlasConfig(k=10, kinds=("in_up", "out"), search="approx"))
+    for kind in ("in_up", "out"):
+        assert _recall(exact[kind][0], approx[kind][0]) >= 0.95, kind

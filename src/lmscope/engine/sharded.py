@@ -331,6 +331,8 @@ def _run_ray(model: Model, task: ShardTask, folder: Path, manifest: dict, todo: 
         ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False, **kw)
     import ray.data
 
+    if not log.isEnabledFor(logging.DEBUG):  # Ray Data's per-dataset INFO lines; our bar says the same
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"index": i} for i in todo], override_num_blocks=len(todo))
