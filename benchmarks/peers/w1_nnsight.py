@@ -95,7 +95,7 @@ def main() -> None:
     base = statistics.median(times["nnsight stop"])
     print(f"\n{a.model}, [32, 64], {a.threads} threads, {a.reps} rounds, torch {torch.__version__}, "
           f"nnsight {nnsight.__version__}")
-    print(f"| row | median s | min s | / nnsight (median) |\n|---|---|---|---|")
+    print("| row | median s | min s | / nnsight (median) |\n|---|---|---|---|")
     for name, v in times.items():
         print(f"| {name} | {statistics.median(v):.3f} | {min(v):.3f} | {statistics.median(v) / base:.3f} |")
 
