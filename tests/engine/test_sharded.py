@@ -353,3 +353,48 @@ def test_gemma_recording_on_two_ray_workers_equals_one_pass(ray_local, gemma, tm
     assert len(pids) == 2 and os.getpid() not in pids  # two actors did the work, not this process
     _same_recording(one, job, exact_moments=False)
     assert job.neuron_stats(9, 1624)["max"] == one.neuron_stats(9, 1624)["max"]
+
+
+def test_ray_driver_killed_then_rerun_finishes_with_the_same_shards(ray_local, saved, model, tmp_path):
+    """The driver (and the Ray instance it started, in its process group) is killed mid-job;
+    a rerun on Ray in this process runs only the missing shards."""
+    from lmscope.datasets.corpus import token_windows
+
+    texts = _texts(n_docs=8, seed=5)
+    sites = [s.name for s in model.sites("layers.*.mlp.neurons")]
+    task = RecordTask(sites, token_windows(model, texts, window=CONFIG.window), CONFIG)
+    run_sharded(model, task, ShardOptions(folder=tmp_path / "whole"))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
+        import ray
+        from ray import cloudpickle
+        import lmscope as ls, test_sharded as T
+        from lmscope.datasets.corpus import token_windows
+        from lmscope.engine.sharded import ShardOptions, run_sharded
+        from lmscope.neurons.recording import RecordTask
+        cloudpickle.register_pickle_by_value(T)
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+        m = ls.load({str(saved)!r})
+        sites = [s.name for s in m.sites("layers.*.mlp.neurons")]
+        task = RecordTask(sites, token_windows(m, T._texts(n_docs=8, seed=5), window=T.CONFIG.window), T.CONFIG)
+        run_sharded(m, T.Slow(task, delay=0.5), ShardOptions(folder={str(tmp_path / "cut")!r}, backend="ray", workers=2))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while len(list((tmp_path / "cut").glob("shard-*.safetensors"))) < 2:
+            assert proc.poll() is None, "the Ray driver ended before it was killed"
+            assert time.time() < deadline, "the Ray driver wrote no shard in 300 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait(30)
+    time.sleep(1)
+    n = json.loads((tmp_path / "cut" / MANIFEST).read_text())["n_shards"]
+    have = len(list((tmp_path / "cut").glob("shard-*.safetensors")))
+    assert 2 <= have < n
+    done = run_sharded(model, task, ShardOptions(folder=tmp_path / "cut", backend="ray", workers=2))
+    assert done.ran == n - have
+    _same_shards(tmp_path / "whole", tmp_path / "cut")
