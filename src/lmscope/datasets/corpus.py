@@ -13,6 +13,7 @@ token in every window and carries attention-sink activations that say nothing ab
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,19 @@ class TokenWindows:
         """[rows, window] True on text tokens (real and not part of the prefix)."""
         mask = self.mask if rows is None else self.mask[rows]
         return mask & (mask.long().cumsum(1) > self.n_prefix)
+
+    def fingerprint(self) -> str:
+        """A short hash of the token ids and mask (names a sharded job's input)."""
+        h = hashlib.sha256(self.ids.numpy().tobytes())
+        h.update(self.mask.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def spans(self, tokens: int, batch_size: int) -> list[dict]:
+        """Consecutive window ranges [{"lo", "hi"}] of about `tokens` tokens each, a whole number
+        of `batch_size` batches (so a shard's forwards are those of a single pass)."""
+        width = max(self.ids.shape[1] - self.n_prefix, 1)
+        per = max(1, tokens // width // batch_size) * batch_size
+        return [{"lo": lo, "hi": min(lo + per, len(self))} for lo in range(0, len(self), per)]
 
     def batches(self, batch_size: int, device, *, start: int = 0, span: tuple[int, int] | None = None
                 ) -> Iterator[tuple[Tensor, Batch, Tensor]]:

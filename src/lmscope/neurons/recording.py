@@ -15,7 +15,6 @@ dose-response) in `lmscope.neurons.causal`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -338,16 +337,11 @@ class RecordTask:
     kind: str = "neuron_recording"
 
     def identity(self) -> dict:
-        h = hashlib.sha256(self.windows.ids.numpy().tobytes())
-        h.update(self.windows.mask.numpy().tobytes())
-        return {"sites": self.sites, "config": asdict(self.config), "windows": h.hexdigest()[:16],
+        return {"sites": self.sites, "config": asdict(self.config), "windows": self.windows.fingerprint(),
                 "n_windows": len(self.windows)}
 
     def plan(self) -> list[dict]:
-        width = self.windows.ids.shape[1] - self.windows.n_prefix
-        per = max(1, self.config.shard_tokens // max(width, 1) // self.config.batch_size) * self.config.batch_size
-        n = len(self.windows)
-        return [{"lo": lo, "hi": min(lo + per, n)} for lo in range(0, n, per)]
+        return self.windows.spans(self.config.shard_tokens, self.config.batch_size)
 
     def _resolved(self, model: Model) -> list[Site]:
         return [s for name in self.sites for s in model.sites(name)]

@@ -340,15 +340,11 @@ class ActivationTask:
     kind: str = "activations"
 
     def identity(self) -> dict:
-        h = hashlib.sha256(self.windows.ids.numpy().tobytes())
-        h.update(self.windows.mask.numpy().tobytes())
-        return {"sites": self.sites, "dtype": self.dtype, "windows": h.hexdigest()[:16],
+        return {"sites": self.sites, "dtype": self.dtype, "windows": self.windows.fingerprint(),
                 "n_windows": len(self.windows), "batch_windows": self.batch_windows}
 
     def plan(self) -> list[dict]:
-        width = self.windows.ids.shape[1] - self.windows.n_prefix
-        per = max(1, self.shard_tokens // max(width, 1) // self.batch_windows) * self.batch_windows
-        return [{"lo": lo, "hi": min(lo + per, len(self.windows))} for lo in range(0, len(self.windows), per)]
+        return self.windows.spans(self.shard_tokens, self.batch_windows)
 
     def run(self, model: Model, shard: dict) -> dict[str, Tensor]:
         parts: dict[str, list[Tensor]] = {s: [] for s in self.sites}
