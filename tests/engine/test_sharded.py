@@ -106,6 +106,15 @@ def _same_shards(a: Path, b: Path) -> None:
             assert torch.equal(x[k], y[k]), k
 
 
+def _wait_for_shards(folder: Path, n: int, alive, what: str, timeout: float = 300) -> None:
+    """Poll until `folder` holds n shard files, failing if `alive()` turns false first."""
+    deadline = time.time() + timeout
+    while len(list(folder.glob("shard-*.safetensors"))) < n:
+        assert alive(), f"the {what} ended before it was interrupted"
+        assert time.time() < deadline, f"the {what} wrote no {n} shards in {timeout:.0f} s"
+        time.sleep(0.05)
+
+
 def _same_recording(a, b, *, exact_moments: bool) -> None:
     assert a.n_tokens == b.n_tokens and a.sites.keys() == b.sites.keys()
     for name in a.sites:
@@ -205,11 +214,7 @@ def test_killed_driver_then_rerun_finishes_with_the_same_shards(saved, model, tm
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
-        deadline = time.time() + 120
-        while len(list((tmp_path / "cut").glob("shard-*.safetensors"))) < 2:
-            assert proc.poll() is None, "the driver ended before it was killed"
-            assert time.time() < deadline, "the driver wrote no shard in 120 s"
-            time.sleep(0.05)
+        _wait_for_shards(tmp_path / "cut", 2, lambda: proc.poll() is None, "driver", timeout=120)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -271,10 +276,9 @@ def test_ray_two_workers_with_one_killed_equal_in_process(ray_local, saved, mode
     opts = ShardOptions(folder=tmp_path / "ray", backend="ray", workers=2)
     th = threading.Thread(target=lambda: box.setdefault("done", run_sharded(model, Slow(task, delay=0.5), opts)))
     th.start()
-    deadline = time.time() + 300
-    while len(list((tmp_path / "ray").glob("shard-*.safetensors"))) < 2 or len(_worker_pids(tmp_path / "ray")) < 2:
+    _wait_for_shards(tmp_path / "ray", 2, th.is_alive, "Ray job")
+    while len(_worker_pids(tmp_path / "ray")) < 2:  # the second actor may still be loading the model
         assert th.is_alive(), "the Ray job ended before a worker was killed"
-        assert time.time() < deadline, "the Ray workers wrote no shard in 300 s"
         time.sleep(0.05)
     victim = _worker_pids(tmp_path / "ray")[0]
     os.kill(victim, signal.SIGKILL)
@@ -383,11 +387,7 @@ def test_ray_driver_killed_then_rerun_finishes_with_the_same_shards(ray_local, s
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 300
-        while len(list((tmp_path / "cut").glob("shard-*.safetensors"))) < 2:
-            assert proc.poll() is None, "the Ray driver ended before it was killed"
-            assert time.time() < deadline, "the Ray driver wrote no shard in 300 s"
-            time.sleep(0.05)
+        _wait_for_shards(tmp_path / "cut", 2, lambda: proc.poll() is None, "Ray driver")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         proc.wait(30)
