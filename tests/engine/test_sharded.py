@@ -183,6 +183,10 @@ def test_job_folder_guards(model, tmp_path):
     record(model, "layers.0.mlp.neurons", texts, config=CONFIG, shards=opts)
     with pytest.raises(InputError, match="another job.*sites"):  # other sites, same folder
         record(model, "layers.1.mlp.neurons", texts, config=CONFIG, shards=opts)
+    other = ls.load(str(model.load_args["spec"]))
+    other.name = "another-model"  # same weights and settings, another model's name: not the same job
+    with pytest.raises(InputError, match="another job.*model"):
+        record(other, "layers.0.mlp.neurons", texts, config=CONFIG, shards=opts)
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):

@@ -2,8 +2,8 @@
 output shards with a manifest, and a merge done by the family that planned the job.
 
     task = RecordTask(...)                                   # a family's `ShardTask`
-    done = run_sharded(model, task, "runs/rec", backend="ray", workers=2)
-    result = task.merge(done)                                # exact: the family's own merge
+    done = run_sharded(model, task, ShardOptions(folder="runs/rec", backend="ray", workers=2))
+    result = task.merge(model, done)                         # exact: the family's own merge
 
 A job folder holds
 
@@ -156,8 +156,8 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
-def plan_hash(kind: str, identity: dict, plan: Sequence[dict]) -> str:
-    blob = json.dumps([kind, identity, list(plan)], sort_keys=True, default=str)
+def plan_hash(kind: str, model_name: str, identity: dict, plan: Sequence[dict]) -> str:
+    blob = json.dumps([kind, model_name, identity, list(plan)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -198,7 +198,7 @@ def prepare(task: ShardTask, folder: str | os.PathLike, model_name: str) -> tupl
     identity, plan = task.identity(), task.plan()
     if not plan:
         raise InputError(f"The {task.kind} job has nothing to do (its plan has no shard).")
-    h = plan_hash(task.kind, identity, plan)
+    h = plan_hash(task.kind, model_name, identity, plan)
     have = _read_manifest(folder)
     if have is not None:
         if have.get("plan_hash") != h:
@@ -277,15 +277,13 @@ def run_sharded(model: Model, task: ShardTask, options: ShardOptions, *, progres
                 for i, s in _run_ray(model, task, folder, manifest, todo, options):
                     secs[i] = s
                     bar.update(1)
-    missing = [i for i in range(manifest["n_shards"]) if _shard_meta(folder / shard_name(i), manifest["plan_hash"], i)
-               is None]
-    if missing:
-        raise ArtifactError(f"{len(missing)} shards of the job in {folder} are missing after the run (first: "
-                            f"{missing[0]}); rerun it to finish them.")
     if not manifest.get("complete") or secs:
-        shard_secs = [float(_shard_meta(folder / shard_name(i), manifest["plan_hash"], i)["seconds"])
-                      for i in range(manifest["n_shards"])]
-        manifest = {**manifest, "complete": True, "shard_seconds": shard_secs,
+        metas = [_shard_meta(folder / shard_name(i), manifest["plan_hash"], i) for i in range(manifest["n_shards"])]
+        missing = [i for i, m in enumerate(metas) if m is None]
+        if missing:
+            raise ArtifactError(f"{len(missing)} shards of the job in {folder} are missing after the run (first: "
+                                f"{missing[0]}); rerun it to finish them.")
+        manifest = {**manifest, "complete": True, "shard_seconds": [float(m["seconds"]) for m in metas],
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_json(folder / MANIFEST, manifest)
     return ShardSet(folder, manifest, ran=len(secs), seconds=time.perf_counter() - t0,

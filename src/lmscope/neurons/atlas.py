@@ -247,6 +247,14 @@ def decode_layer(model: Model, layer: int, config: AtlasConfig = AtlasConfig(), 
     return {k: (torch.cat(i), torch.cat(v)) for k, (i, v) in out.items()}
 
 
+def decode_flops(model: Model, config: AtlasConfig, n_layers: int) -> float:
+    """Floating-point operations of the matmuls decoding `n_layers` layers (the approximate
+    search's candidate matmul has `rank` instead of `d_model` as its inner size)."""
+    n_mats = len({_SOURCE[k] for k in _kinds_for(model, config.kinds)})
+    inner = model.d_model if config.search == "exact" else min(config.rank, model.d_model)
+    return 2.0 * n_layers * n_mats * model.d_mlp * inner * model.d_vocab
+
+
 def _layers(model: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
     if layers is None:
         return tuple(range(model.n_layers))
@@ -275,9 +283,7 @@ def decode_model(model: Model, config: AtlasConfig = AtlasConfig(), *, progress:
     buf = torch.empty(chunk_rows(model, config), model.d_vocab, device=model.device)  # reused: no page faults per chunk
     n_mats = len({_SOURCE[k] for k in kinds})
     n_rows = len(layers) * n_mats * model.d_mlp  # one weight row (or column) per neuron and matrix
-    inner = model.d_model if config.search == "exact" else min(config.rank, model.d_model)
-    res = NeuronTopK(layers=layers, flops=2.0 * len(layers) * n_mats * model.d_mlp * inner * model.d_vocab,
-                     search=config.describe())
+    res = NeuronTopK(layers=layers, flops=decode_flops(model, config, len(layers)), search=config.describe())
     per: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
     bar = tqdm(total=n_rows, desc=f"atlas {model.name}", disable=not progress, unit="row", unit_scale=True)
 
@@ -374,10 +380,8 @@ class AtlasTask:
 
     def merge(self, model: Model, done) -> NeuronTopK:
         kinds = _kinds_for(model, self.config.kinds)
-        n_mats = len({_SOURCE[k] for k in kinds})
-        inner = model.d_model if self.config.search == "exact" else min(self.config.rank, model.d_model)
         res = NeuronTopK(layers=self.layers, seconds=sum(done.shard_seconds), search=self.config.describe(),
-                         flops=2.0 * len(self.layers) * n_mats * model.d_mlp * inner * model.d_vocab)
+                         flops=decode_flops(model, self.config, len(self.layers)))
         parts = [t for _, t in done]
         for kind in kinds:
             res.ids[kind] = torch.stack([t[f"{kind}.ids"] for t in parts])
