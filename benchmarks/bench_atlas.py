@@ -4,10 +4,10 @@
     python benchmarks/bench_atlas.py chunk [--models ...] [--reps 5]
     python benchmarks/bench_atlas.py compare [--model smollm2-135m-instruct] [--every 5]
     python benchmarks/bench_atlas.py clamp [--model smollm2-135m-instruct] [--times 10]
-    python benchmarks/bench_atlas.py approx [--models ...] [--layers 6] [--settings 64:256,96:256]
+    python benchmarks/bench_atlas.py approx [--models ...] [--layers 6] [--settings 64:256,half:64] [--device cuda]
 
-`approx` decodes the same layers exactly and with the approximate search (rank:candidates
-settings), layer by layer and interleaved, and prints the speed ratio and recall@10 (share of
+`approx` decodes the same layers exactly and with the approximate searches (rank:candidates
+settings for the low-rank one, half:candidates for the bfloat16 one), layer by layer and interleaved, and prints the speed ratio and recall@10 (share of
 the exact top-10 tokens of each neuron and kind that the approximate top-10 holds).
 
 `decode` times (CPU time of the process on CPU, see `_timed`), layer by layer and interleaved (the CPU may be shared: both sides see the same
@@ -229,15 +229,21 @@ def bench_clamp(name: str, times: list[float], n_neutral: int, max_new_tokens: i
     return rows
 
 
-def bench_approx(name: str, layers: int | None, settings: list[tuple[int, int]], k: int = 10) -> dict:
-    model = ls.load(name, quiet=True)
+def approx_config(setting: str, k: int) -> tuple[str, AtlasConfig]:
+    """"rank:candidates" (the low-rank search) or "half:candidates" (the bfloat16 one)."""
+    first, cands = setting.split(":")
+    if first == "half":
+        return f"half K={cands}", AtlasConfig(k=k, search="half", candidates=int(cands))
+    return f"approx r={first} K={cands}", AtlasConfig(k=k, search="approx", rank=int(first), candidates=int(cands))
+
+
+def bench_approx(name: str, layers: int | None, settings: list[str], k: int = 10, device: str = "cpu") -> dict:
+    model = ls.load(name, quiet=True, device=device)
     device = model.device
     pick = list(range(model.n_layers))
     if layers is not None and layers < model.n_layers:
         pick = sorted({round(i * (model.n_layers - 1) / max(layers - 1, 1)) for i in range(layers)})
-    configs = {"exact": AtlasConfig(k=k)} | {f"approx r={r} K={c}": AtlasConfig(k=k, search="approx", rank=r,
-                                                                                   candidates=c)
-                                             for r, c in settings}
+    configs = {"exact": AtlasConfig(k=k)} | dict(approx_config(x, k) for x in settings)
     secs = {name_: 0.0 for name_ in configs}
     hits = {name_: {} for name_ in configs}
     for layer in pick:
@@ -269,7 +275,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["decode", "chunk", "compare", "clamp", "approx"])
     ap.add_argument("--settings", default="32:128,64:256,96:256,128:512",
-                    help="approx: rank:candidates pairs")
+                    help="approx: rank:candidates pairs (the low-rank search), half:candidates (bfloat16)")
+    ap.add_argument("--device", default="cpu", help="approx: where to load the models (cpu, cuda)")
     ap.add_argument("--reps", type=int, default=5, help="chunk: repetitions (the minimum is kept)")
     ap.add_argument("--models", default="gemma-3-270m,smollm2-135m-instruct")
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -304,8 +311,7 @@ def main() -> None:
                       f"{r['atlas_out_s']:6.3f} {r['torch_topk_s']:12.3f} {r['ratio']:6.2f} {r['bare_gflops']:6.1f} "
                       f"{r['model_s_estimate']:14.0f}")
     elif a.what == "approx":
-        settings = [tuple(map(int, x.split(":"))) for x in a.settings.split(",")]
-        res = [bench_approx(m, a.layers, settings) for m in a.models.split(",")]
+        res = [bench_approx(m, a.layers, a.settings.split(","), device=a.device) for m in a.models.split(",")]
         if not a.json:
             for r in res:
                 print(f"{r['model']} ({r['d_vocab']} tokens; layers {r['layers']}; {r['device']}, {r['threads']} threads)")

@@ -162,6 +162,24 @@ def test_stop_early_equals_full_run(tiny):
     assert torch.equal(early, full)
 
 
+def test_on_capture_streams_each_capture_in_forward_order_and_keeps_none(tiny):
+    sites = ["layers.*.mlp.neurons", "layers.1.resid_post", "layers.0.mlp.neurons[3,5]"]
+    kept = tiny.run(PROMPTS, capture=sites, logits=None).cache
+    seen = []
+    streamed = tiny.run(PROMPTS, capture=sites, logits=None,
+                        on_capture=lambda name, x: seen.append((name, x.clone()))).cache
+    names = [n for n, _ in seen]
+    assert sorted(names) == sorted(kept.keys())  # each capture once
+    layers = [tiny.site(n).layer for n in names]
+    assert layers == sorted(layers)  # as the forward reaches them: one block's activations at a time
+    for name, x in seen:
+        assert torch.equal(x, kept[name]), name
+    with pytest.raises(ls.SiteError, match="no forward"):
+        streamed[names[0]]  # streamed out, not kept
+    with pytest.raises(ls.InputError, match="grad"):
+        tiny.run(PROMPTS, capture=sites, grad=True, on_capture=lambda name, x: None)
+
+
 def test_gradients_on_request(tiny):
     out = tiny.run(PROMPTS, capture=["layers.1.resid_post"], grad=True)
     out.logits[:, 5].sum().backward()

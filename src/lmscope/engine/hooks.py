@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -118,6 +118,7 @@ class _Capture:
     positions: P.PositionSpec
     to_cpu: bool
     chunks: list = field(default_factory=list)
+    sink: Callable[[str, Tensor], None] | None = None  # streamed to instead of kept in `chunks`
 
 
 class Cache:
@@ -465,7 +466,10 @@ class _Engine:
             val = val.to("cpu")
         elif self.gather is not None and val.device != self.gather:
             val = val.to(self.gather)
-        cap.chunks.append(val)
+        if cap.sink is not None:
+            cap.sink(cap.site.name, val)
+        else:
+            cap.chunks.append(val)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -498,6 +502,7 @@ def hooked(
     grad: bool = False,
     stop_at_layer: int | None = None,
     prompt: tuple[int, Tensor] | None = None,
+    sink: Callable[[str, Tensor], None] | None = None,
 ) -> Iterator[Cache]:
     """Capture and/or edit sites for every forward run inside the block.
 
@@ -511,6 +516,9 @@ def hooked(
         stop_at_layer: Raise `StopForward` after this block (used by `runner.run`).
         prompt: (padded prompt length, left padding per row) of cached forwards whose prompt
             ran outside this context (used by `runner.PrefixRun`).
+        sink: Called as `sink(site_name, tensor)` with each capture as it is recorded, which is
+            then not kept in the cache (a reduction streams through the forward, one block's
+            activations alive at a time).
 
     Yields:
         The `Cache` that fills as forwards run.
@@ -523,7 +531,7 @@ def hooked(
         for site in model.sites(spec):
             if site.kind == "attn.pattern" and pos != "all":
                 raise SiteError("attn.pattern is captured at positions 'all' ([batch, head, q_pos, k_pos]).")
-            cap = _Capture(site, pos, to_cpu)
+            cap = _Capture(site, pos, to_cpu, sink=sink)
             cache._add(cap)
             caps.append(cap)
     bound = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,6 +66,7 @@ def run(
     chat: bool = False,
     to_cpu: bool = False,
     grad: bool = False,
+    on_capture: Callable[[str, Tensor], None] | None = None,
 ) -> RunResult:
     """Run prompts once, capturing and editing sites.
 
@@ -80,10 +81,17 @@ def run(
         chat: Apply the chat template.
         to_cpu: Move captures to the CPU.
         grad: Run with autograd; captures stay in the graph with `.grad` retained.
+        on_capture: Called as `on_capture(site_name, tensor)` with each capture as it is
+            recorded (on the device the cache would hold it on), instead of keeping it in
+            `result.cache`. A reduction over many sites then holds one block's activations at a
+            time rather than all of them (`lmscope.neurons.record` streams its statistics so).
     """
     batch = _as_batch(model, prompts, chat)
     if logits not in ("last", "all", None):
         raise InputError(f"logits must be 'last', 'all' or None, got {logits!r}.")
+    if on_capture is not None and grad:
+        raise InputError("on_capture streams captures out of the forward and keeps none; it cannot be combined "
+                         "with grad=True (capture into the cache instead).")
     cap_names = list(capture.keys()) if isinstance(capture, dict) else list(capture)
     resolved = [s for c in cap_names for s in model.sites(c)]
     stop = None
@@ -92,7 +100,7 @@ def run(
     keep = 0 if logits == "all" else 1
     out_logits = None
     with _grad_mode(grad), hooked(model, capture, edits, positions=positions, to_cpu=to_cpu, grad=grad,
-                                  stop_at_layer=stop) as cache:
+                                  stop_at_layer=stop, sink=on_capture) as cache:
         cache.mask = batch.attention_mask
         try:
             out = model.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -46,7 +47,8 @@ from lmscope.engine.weights import perturbed_mlp
 log = logging.getLogger(__name__)
 
 KINDS = ("in_gate", "in_up", "out", "out_bottom")
-SEARCHES = ("exact", "approx")
+SEARCHES = ("exact", "approx", "half")
+HALF = torch.bfloat16  # the candidate matmul of the "half" search: float32's range, so no overflow
 # kind -> which weight matrix it decodes
 _SOURCE = {"in_gate": "gate", "in_up": "up", "out": "out", "out_bottom": "out"}
 
@@ -62,13 +64,15 @@ class AtlasConfig:
         chunk_mib: Memory bound of one float32 score block `[chunk, d_vocab]`, in MiB.
         block: Width of the vocabulary blocks of the two-stage top-k (None: about
             sqrt(d_vocab / k), rounded to a power of two, which balances its two stages).
-        search: "exact" (the default: every token scored in float32) or "approx": candidates
+        search: "exact" (the default: every token scored in float32); "approx": candidates
             from a low-rank score (each weight matrix's rows projected on their top `rank`
-            principal directions), then the best `candidates` of them rescored exactly. The
-            kept scores are exact; a token can be missed (recall is measured by
-            `benchmarks/bench_atlas.py approx`).
+            principal directions); or "half": candidates from the full matmul in bfloat16
+            (for GPUs, whose tensor cores run it many times faster than float32; on a CPU
+            without bfloat16 instructions it is slower than "exact"). Both approximate
+            searches rescore their best `candidates` exactly, so the kept scores are exact and
+            a token can only be missed (recall: `benchmarks/bench_atlas.py approx`).
         rank: Principal directions of the approximate search.
-        candidates: Tokens per neuron rescored exactly by the approximate search (>= k).
+        candidates: Tokens per neuron rescored exactly by the "approx" and "half" searches (>= k).
     """
 
     k: int = 20
@@ -76,7 +80,7 @@ class AtlasConfig:
     layers: tuple[int, ...] | None = None
     chunk_mib: int = 256
     block: int | None = None
-    search: str = "exact"
+    search: Literal["exact", "approx", "half"] = "exact"
     rank: int = 64
     candidates: int = 256
 
@@ -91,13 +95,15 @@ class AtlasConfig:
         if self.search not in SEARCHES:
             raise InputError(f"Unknown atlas search {self.search!r}; choose from {', '.join(SEARCHES)}.")
         if self.rank < 1 or self.candidates < self.k:
-            raise InputError(f"The approximate search needs rank >= 1 and candidates >= k (k={self.k}); "
+            raise InputError(f"The approximate searches need rank >= 1 and candidates >= k (k={self.k}); "
                              f"got rank={self.rank}, candidates={self.candidates}.")
 
     def describe(self) -> dict:
         """How the tokens were searched (kept in the atlas's metadata)."""
         if self.search == "exact":
             return {"method": "exact"}
+        if self.search == "half":
+            return {"method": "half", "dtype": str(HALF).removeprefix("torch."), "candidates": self.candidates}
         return {"method": "approx", "rank": self.rank, "candidates": self.candidates}
 
 
@@ -193,12 +199,12 @@ def principal_basis(rows: Tensor, rank: int) -> Tensor:
 
 def rescore(rows: Tensor, tokens: Tensor, approx: Tensor, config: AtlasConfig, *, largest: bool = True
             ) -> tuple[Tensor, Tensor]:
-    """The approximate search's second stage: the best `config.candidates` tokens of the
-    low-rank `approx` scores [n, V], scored exactly (rows [n, d] . their unembedding columns,
-    `tokens` [V, d] = W_U.T, contiguous), and their top `config.k`. Returns (values, ids)
-    [n, k], best first."""
+    """The approximate searches' second stage: the best `config.candidates` tokens of the
+    approximate scores [n, V] (low-rank or bfloat16), scored exactly (rows [n, d] . their
+    unembedding columns, `tokens` [V, d] = W_U.T, contiguous), and their top `config.k`.
+    Returns (values, ids) [n, k], best first."""
     _, cand = topk_rows(approx, min(config.candidates, approx.shape[1]), largest=largest, block=config.block)
-    cols = tokens[cand]  # [n, K, d]: the candidates' unembedding columns
+    cols = tokens.index_select(0, cand.flatten()).view(*cand.shape, -1)  # [n, K, d]: the candidates' columns
     exact = torch.bmm(cols, rows[:, :, None]).squeeze(2)  # [n, K]
     v, j = exact.topk(config.k, dim=1, largest=largest)
     return v, cand.gather(1, j)
@@ -209,37 +215,48 @@ def chunk_rows(model: Model, config: AtlasConfig) -> int:
     return max(1, min(model.d_mlp, config.chunk_mib * 2**20 // (4 * model.d_vocab)))
 
 
+def score_buffer(model: Model, config: AtlasConfig) -> Tensor:
+    """The [chunk, d_vocab] score block the chunks are written into (reused: no page faults per
+    chunk); bfloat16 for the "half" search."""
+    dtype = HALF if config.search == "half" else torch.float32
+    return torch.empty(chunk_rows(model, config), model.d_vocab, device=model.device, dtype=dtype)
+
+
 def decode_layer(model: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, _w_u: Tensor | None = None,
-                 _buf: Tensor | None = None, _on_chunk: Callable[[int], None] | None = None
-                 ) -> dict[str, tuple[Tensor, Tensor]]:
+                 _w_half: Tensor | None = None, _buf: Tensor | None = None,
+                 _on_chunk: Callable[[int], None] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
     """Top-k tokens of every neuron of one layer: kind -> (ids [d_mlp, k], scores [d_mlp, k]),
     on the model's device. `_on_chunk(rows)` is called after each chunk (progress)."""
     w_u = _unembed_matrix(model) if _w_u is None else _w_u
     chunk = chunk_rows(model, config)
-    buf = torch.empty(chunk, model.d_vocab, device=model.device) if _buf is None else _buf
+    buf = score_buffer(model, config) if _buf is None else _buf
     kinds = _kinds_for(model, config.kinds)
+    tokens = w_u.T.contiguous() if config.search != "exact" else None  # [d_vocab, d_model]; a view when W_U is a transposed lm_head
+    if config.search == "half":
+        w_half = w_u.to(HALF) if _w_half is None else _w_half
     out: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
     with torch.inference_mode():
         for src in dict.fromkeys(_SOURCE[k] for k in kinds):  # each matrix once: out feeds two kinds
             w = model.weights.W_out(layer) if src == "out" else model.weights.W_in(layer, src)
             rows = to_token_space(model, w)  # [d_mlp, d_model]
             if config.search == "approx":
-                tokens = w_u.T.contiguous()  # [d_vocab, d_model]; a view when W_U is a transposed lm_head
                 basis = principal_basis(rows, config.rank)  # [r, d_model]
                 low = basis @ w_u  # [r, d_vocab]: the tokens in the rows' principal subspace
             for s in range(0, model.d_mlp, chunk):
                 part = rows[s : s + chunk]
                 if config.search == "approx":
                     scores = torch.mm(part @ basis.T, low, out=buf[: len(part)])  # low-rank scores
+                elif config.search == "half":
+                    scores = torch.mm(part.to(HALF).contiguous(), w_half, out=buf[: len(part)])  # rounded scores
                 else:
                     scores = torch.mm(part, w_u, out=buf[: len(part)])  # [chunk, d_vocab]
                 for kind in kinds:
                     if _SOURCE[kind] == src:
                         largest = kind != "out_bottom"
-                        if config.search == "approx":
-                            v, i = rescore(part, tokens, scores, config, largest=largest)
-                        else:
+                        if config.search == "exact":
                             v, i = topk_rows(scores, config.k, largest=largest, block=config.block)
+                        else:
+                            v, i = rescore(part, tokens, scores, config, largest=largest)
                         out[kind][0].append(i)
                         out[kind][1].append(v)
                 if _on_chunk is not None:
@@ -248,10 +265,11 @@ def decode_layer(model: Model, layer: int, config: AtlasConfig = AtlasConfig(), 
 
 
 def decode_flops(model: Model, config: AtlasConfig, n_layers: int) -> float:
-    """Floating-point operations of the matmuls decoding `n_layers` layers (the approximate
-    search's candidate matmul has `rank` instead of `d_model` as its inner size)."""
+    """Floating-point operations of the matmuls decoding `n_layers` layers (the "approx"
+    search's candidate matmul has `rank` instead of `d_model` as its inner size; the "half"
+    search's runs in bfloat16)."""
     n_mats = len({_SOURCE[k] for k in _kinds_for(model, config.kinds)})
-    inner = model.d_model if config.search == "exact" else min(config.rank, model.d_model)
+    inner = min(config.rank, model.d_model) if config.search == "approx" else model.d_model
     return 2.0 * n_layers * n_mats * model.d_mlp * inner * model.d_vocab
 
 
@@ -280,7 +298,11 @@ def decode_model(model: Model, config: AtlasConfig = AtlasConfig(), *, progress:
     layers = _layers(model, config.layers)
     kinds = _kinds_for(model, config.kinds)
     w_u = _unembed_matrix(model)
-    buf = torch.empty(chunk_rows(model, config), model.d_vocab, device=model.device)  # reused: no page faults per chunk
+    w_half = w_u.to(HALF) if config.search == "half" else None  # converted once for all layers
+    buf = score_buffer(model, config)
+    if config.search == "half" and model.device.type == "cpu":
+        log.warning("The 'half' atlas search is meant for GPUs: on a CPU its bfloat16 matmul is usually slower "
+                    "than the exact float32 search.")
     n_mats = len({_SOURCE[k] for k in kinds})
     n_rows = len(layers) * n_mats * model.d_mlp  # one weight row (or column) per neuron and matrix
     res = NeuronTopK(layers=layers, flops=decode_flops(model, config, len(layers)), search=config.describe())
@@ -309,7 +331,8 @@ def decode_model(model: Model, config: AtlasConfig = AtlasConfig(), *, progress:
     shown = t0
     try:
         for j, layer in enumerate(layers, 1):
-            for kind, (i, v) in decode_layer(model, layer, config, _w_u=w_u, _buf=buf, _on_chunk=on_chunk).items():
+            for kind, (i, v) in decode_layer(model, layer, config, _w_u=w_u, _w_half=w_half, _buf=buf,
+                                               _on_chunk=on_chunk).items():
                 per[kind][0].append(i.cpu())
                 per[kind][1].append(v.cpu())
             now = time.perf_counter()

@@ -314,12 +314,14 @@ def _record_span(model: Model, resolved: Sequence[Site], windows: TokenWindows, 
     """Statistics and top contexts of windows span[0]..span[1]-1 (None: all)."""
     recs = _empty_records(model, resolved, config, model.device)
     for rows, batch, valid in windows.batches(config.batch_size, model.device, span=span):
-        res = model.run(batch, capture=list(recs), positions="all", logits=None)
         ids = batch.input_ids
-        for name, rec in recs.items():
-            x = res.cache[name]  # [b, t, n]
+
+        def reduce(name: str, x: Tensor, valid=valid, ids=ids, rows=rows) -> None:  # x: [b, t, n], as recorded
+            rec = recs[name]
             rec.stats.update(x[valid].float())
             rec.top.update(x, valid, ids, rows)
+
+        model.run(batch, capture=list(recs), positions="all", logits=None, on_capture=reduce)  # one block's x at a time
         if bar is not None:
             bar.update(int(valid.sum()))
     return recs

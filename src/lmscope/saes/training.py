@@ -509,11 +509,11 @@ def train_on_activations(acts: Tensor | Chunk, config: TrainConfig, *, site: str
         if s not in data:
             raise InputError(f"No activations named {s!r}; have {', '.join(data)}.")
     src = TensorSource(data)
-    sample = {s: x[: min(x.shape[0], 16384)].float() for s, x in data.items()}
+    sample = {s: x[: min(x.shape[0], 16384)].float().cpu() for s, x in data.items()}  # init on the CPU, then moved
     spec = CoderSpec(arch=config.arch, kind=config.kind, d_in=data[site].shape[1], d_out=data[site_out].shape[1],
                      d_sae=config.width(data[site].shape[1]),
                      k=config.k if config.arch in ("topk", "batchtopk") else None, site=site, site_out=site_out)
-    slot = make_slot(site, spec, config, sample, site, site_out)
+    slot = make_slot(site, spec, config, sample, site, site_out, device=data[site].device)  # trains where the data is
     trainer = Trainer([slot], config)
     if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "checkpoint.json").is_file():
         trainer.load_checkpoint(checkpoint_dir)
