@@ -440,3 +440,21 @@ def test_half_search_recall_on_smollm(smollm):
     for kind in cfg["kinds"]:
         assert _recall(exact[kind][0], half[kind][0]) >= 0.99, kind
         torch.testing.assert_close(half[kind][1][:, 0], exact[kind][1][:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_cli_build_with_half_search_and_a_bad_search(tiny_load, tmp_path):
+    """`lmscope atlas build --search half` records its method; an unknown search is a usage error
+    that lists the choices."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lmscope.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["atlas", "build", "tiny", "--k", "3", "--out", str(tmp_path / "a.sqlite"),
+                                 "--search", "half", "--candidates", "12", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["search"] == {"method": "half", "dtype": "bfloat16", "candidates": 12}
+    r = CliRunner().invoke(cli, ["atlas", "build", "tiny", "--search", "fp8"])
+    assert r.exit_code == 2
+    assert "exact" in r.output and "approx" in r.output and "half" in r.output
