@@ -215,6 +215,12 @@ def chunk_rows(model: Model, config: AtlasConfig) -> int:
     return max(1, min(model.d_mlp, config.chunk_mib * 2**20 // (4 * model.d_vocab)))
 
 
+def _token_rows(w_u: Tensor) -> Tensor:
+    """The unembedding as contiguous token rows [d_vocab, d_model], which the approximate searches
+    gather their candidates from (a view when W_U is a transposed lm_head)."""
+    return w_u.T.contiguous()
+
+
 def score_buffer(model: Model, config: AtlasConfig) -> Tensor:
     """The [chunk, d_vocab] score block the chunks are written into (reused: no page faults per
     chunk); bfloat16 for the "half" search."""
@@ -223,7 +229,7 @@ def score_buffer(model: Model, config: AtlasConfig) -> Tensor:
 
 
 def decode_layer(model: Model, layer: int, config: AtlasConfig = AtlasConfig(), *, _w_u: Tensor | None = None,
-                 _w_half: Tensor | None = None, _buf: Tensor | None = None,
+                 _w_half: Tensor | None = None, _tokens: Tensor | None = None, _buf: Tensor | None = None,
                  _on_chunk: Callable[[int], None] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
     """Top-k tokens of every neuron of one layer: kind -> (ids [d_mlp, k], scores [d_mlp, k]),
     on the model's device. `_on_chunk(rows)` is called after each chunk (progress)."""
@@ -231,7 +237,7 @@ def decode_layer(model: Model, layer: int, config: AtlasConfig = AtlasConfig(), 
     chunk = chunk_rows(model, config)
     buf = score_buffer(model, config) if _buf is None else _buf
     kinds = _kinds_for(model, config.kinds)
-    tokens = w_u.T.contiguous() if config.search != "exact" else None  # [d_vocab, d_model]; a view when W_U is a transposed lm_head
+    tokens = _tokens if _tokens is not None or config.search == "exact" else _token_rows(w_u)
     if config.search == "half":
         w_half = w_u.to(HALF) if _w_half is None else _w_half
     out: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
@@ -299,6 +305,7 @@ def decode_model(model: Model, config: AtlasConfig = AtlasConfig(), *, progress:
     kinds = _kinds_for(model, config.kinds)
     w_u = _unembed_matrix(model)
     w_half = w_u.to(HALF) if config.search == "half" else None  # converted once for all layers
+    tokens = _token_rows(w_u) if config.search != "exact" else None  # likewise
     buf = score_buffer(model, config)
     if config.search == "half" and model.device.type == "cpu":
         log.warning("The 'half' atlas search is meant for GPUs: on a CPU its bfloat16 matmul is usually slower "
@@ -331,8 +338,9 @@ def decode_model(model: Model, config: AtlasConfig = AtlasConfig(), *, progress:
     shown = t0
     try:
         for j, layer in enumerate(layers, 1):
-            for kind, (i, v) in decode_layer(model, layer, config, _w_u=w_u, _w_half=w_half, _buf=buf,
-                                               _on_chunk=on_chunk).items():
+            decoded = decode_layer(model, layer, config, _w_u=w_u, _w_half=w_half, _tokens=tokens, _buf=buf,
+                               _on_chunk=on_chunk)
+            for kind, (i, v) in decoded.items():
                 per[kind][0].append(i.cpu())
                 per[kind][1].append(v.cpu())
             now = time.perf_counter()
