@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -47,7 +47,8 @@ from lmscope.engine.weights import perturbed_mlp
 log = logging.getLogger(__name__)
 
 KINDS = ("in_gate", "in_up", "out", "out_bottom")
-SEARCHES = ("exact", "approx", "half")
+Search = Literal["exact", "approx", "half"]
+SEARCHES: tuple[str, ...] = get_args(Search)
 HALF = torch.bfloat16  # the candidate matmul of the "half" search: float32's range, so no overflow
 # kind -> which weight matrix it decodes
 _SOURCE = {"in_gate": "gate", "in_up": "up", "out": "out", "out_bottom": "out"}
@@ -80,7 +81,7 @@ class AtlasConfig:
     layers: tuple[int, ...] | None = None
     chunk_mib: int = 256
     block: int | None = None
-    search: Literal["exact", "approx", "half"] = "exact"
+    search: Search = "exact"
     rank: int = 64
     candidates: int = 256
 
